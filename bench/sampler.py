@@ -1,0 +1,166 @@
+r"""Sampler throughput: she_jax `Sampler` vs transformers' `generate` (PyTorch CPU).
+
+    python -m bench.sampler [--configs=tiny,small] [--repeats=5] [--copy_prefix]
+
+Same weights (exported with `she_jax.models.hf.save_hf`, loaded with `from_pretrained`),
+same batch and lengths, same sampling settings: 8 prompts x 8 samples (HF:
+`num_return_sequences=8`), 128 prompt tokens, 128 new tokens, temperature 1.0, top_k 50,
+top_p 1.0, and every sample runs to full length (ours: `stop_at_eos=False`; HF:
+`min_new_tokens=max_new_tokens`). Both are warmed up first (compile time is reported
+separately); then they alternate, `--repeats` calls each, and medians are reported.
+`--copy_prefix` adds a line for our sampler with `share_prefix=False` (G prefilled copies
+of each prompt, as HF does) to show what sharing the prefix buys.
+
+Prints one JSON line per config: bench, config, ours, peer, unit ('tokens/s'), ratio
+(ours / peer), the per-call times, our compile time and the machine's matmul rate.
+Expected runtime on 2 CPU cores with the default flags: about 5 minutes (mostly HF at small).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+import jax
+import numpy as np
+
+from bench import common
+from she_jax import sampling
+from she_jax.models import hf, transformer
+
+BATCH = 8
+SAMPLES = 8
+PROMPT_LEN = 128
+NEW_TOKENS = 128
+TEMPERATURE = 1.0
+TOP_K = 50
+TOP_P = 1.0
+
+
+def _peer_model(config: transformer.ModelConfig, params, workdir: str):
+    """The same weights as an HF PyTorch model, float32, eval mode."""
+    import torch
+    import transformers
+
+    hf.save_hf(config, params, workdir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(workdir, dtype=torch.float32)
+    return model.eval()
+
+
+def _check_same_model(config, params, peer, prompts: np.ndarray) -> float:
+    """Max |logit difference| on one prompt; guards against benchmarking different models."""
+    import torch
+
+    ours = np.asarray(transformer.forward(config, params, prompts[:1]))
+    with torch.no_grad():
+        theirs = peer(torch.as_tensor(prompts[:1], dtype=torch.long)).logits.numpy()
+    diff = float(np.abs(ours - theirs).max())
+    if diff > 1e-3:
+        raise RuntimeError(f"she_jax and transformers logits differ by {diff}: not the same model")
+    return diff
+
+
+def _peer_generate(peer, prompts: np.ndarray):
+    import torch
+
+    input_ids = torch.as_tensor(prompts, dtype=torch.long)
+
+    def run():
+        with torch.no_grad():
+            out = peer.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                do_sample=True, temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P,
+                num_return_sequences=SAMPLES, max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS, pad_token_id=0, eos_token_id=None)
+        assert out.shape == (BATCH * SAMPLES, PROMPT_LEN + NEW_TOKENS), out.shape
+        return out
+
+    return run
+
+
+def _our_generate(sampler: sampling.Sampler, params, prompts: np.ndarray):
+    calls = iter(range(1 << 30))
+
+    def run():
+        out = sampler(params, prompts, jax.random.key(next(calls)), num_samples=SAMPLES,
+                      max_new_tokens=NEW_TOKENS)
+        out.tokens.block_until_ready()
+        assert out.tokens.shape == (BATCH, SAMPLES, NEW_TOKENS), out.tokens.shape
+        return out
+
+    return run
+
+
+def bench_config(name: str, repeats: int, copy_prefix: bool) -> None:
+    import torch
+
+    config = transformer.ModelConfig.preset(name)
+    params = transformer.init_params(config, jax.random.key(0))
+    prompts = np.random.default_rng(0).integers(0, config.vocab_size, (BATCH, PROMPT_LEN),
+                                                dtype=np.int32)
+    settings = dict(temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P, stop_at_eos=False)
+    contenders = {"ours": _our_generate(
+        sampling.Sampler(config, sampling.SamplingConfig(**settings)), params, prompts)}
+    if copy_prefix:
+        contenders["ours_copy_prefix"] = _our_generate(
+            sampling.Sampler(config, sampling.SamplingConfig(share_prefix=False, **settings)),
+            params, prompts)
+    with tempfile.TemporaryDirectory() as workdir:
+        peer = _peer_model(config, params, workdir)
+    logit_diff = _check_same_model(config, params, peer, prompts)
+    contenders["peer"] = _peer_generate(peer, prompts)
+
+    first_call = {}
+    for key, run in contenders.items():
+        common.log(f"[{name}] warm-up {key}")
+        first_call[key] = common.timed(run)
+    common.log(f"[{name}] timing {repeats} interleaved repeats")
+    times = common.interleaved_times(contenders, repeats)
+    tokens = BATCH * SAMPLES * NEW_TOKENS
+    rate = {key: tokens / common.median(t) for key, t in times.items()}
+    record = {
+        "bench": "sampler", "config": name, "ours": round(rate["ours"], 1),
+        "peer": round(rate["peer"], 1), "unit": "tokens/s",
+        "ratio": round(rate["ours"] / rate["peer"], 2),
+        "peer_name": f"transformers {__import__('transformers').__version__} generate, "
+                     f"torch {torch.__version__} CPU float32",
+        "ours_median_s": round(common.median(times["ours"]), 4),
+        "peer_median_s": round(common.median(times["peer"]), 4),
+        "ours_times_s": [round(t, 4) for t in times["ours"]],
+        "peer_times_s": [round(t, 4) for t in times["peer"]],
+        # First call = compile + one run; the compile share is what exceeds a warm run.
+        "ours_compile_s": round(first_call["ours"] - common.median(times["ours"]), 2),
+        "peer_first_call_s": round(first_call["peer"], 2),
+        "batch": BATCH, "samples": SAMPLES, "prompt_len": PROMPT_LEN, "new_tokens": NEW_TOKENS,
+        "temperature": TEMPERATURE, "top_k": TOP_K, "top_p": TOP_P, "repeats": repeats,
+        "torch_threads": torch.get_num_threads(), "cpu_count": common.cpu_count(),
+        "jax_matmul_gflops": round(common.matmul_gflops(), 1),
+        "same_model_max_logit_diff": logit_diff,
+    }
+    if copy_prefix:
+        record["ours_copy_prefix"] = round(rate["ours_copy_prefix"], 1)
+        record["ours_copy_prefix_times_s"] = [round(t, 4) for t in times["ours_copy_prefix"]]
+    common.emit(record)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default="tiny,small",
+                        help="comma-separated ModelConfig presets")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per contender")
+    parser.add_argument("--copy_prefix", action="store_true",
+                        help="also time our sampler with share_prefix=False")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    import torch
+
+    torch.set_num_threads(common.cpu_count())
+    for name in args.configs.split(","):
+        bench_config(name.strip(), args.repeats, args.copy_prefix)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,48 @@
+"""Building blocks of the experiment configs: the shared sections and the variants.
+
+Every experiments/<name>.py `get_config(arg)` starts from `base_config(name, trainer, arg)`
+and adds its method's section; `arg` picks a variant (big_vision style `file.py:variant`):
+  tiny   (default) from-scratch tiny model on the embedded ShopWorld, CPU minutes;
+  small  the small model preset on the small world;
+  qwen   start from a local Hugging Face checkpoint: --config.model.hf_path=/path/to/dir;
+  pod    small model, every device in one data+fsdp mesh (TPU pod / GPU cluster).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from she_jax.data.sources import data_config
+from she_jax.eval.evaluate import eval_section
+from she_jax.train.bootstrap import model_config_section
+from she_jax.train.config import train_config
+
+VARIANTS = ("tiny", "small", "qwen", "pod")
+
+
+def base_config(name: str, trainer: str, arg: str | None) -> ml_collections.ConfigDict:
+    variant = arg or "tiny"
+    if variant not in VARIANTS:
+        raise ValueError(f"experiments/{name}.py: unknown variant {variant!r}; "
+                         f"choose from {VARIANTS}")
+    c = train_config()
+    c.name = name  # names the default workdir runs/<name>[_<variant>]
+    c.variant = variant
+    c.trainer = trainer  # experiments.registry.TRAINERS key
+    c.init_from = ""  # prerequisite config name; experiments.run builds it first
+    c.init_dir = ""  # its run directory (filled in by experiments.run from init_from)
+    c.data = data_config()
+    c.data_seed = 0  # data order (shuffling) seed, separate from the init seed
+    c.model = model_config_section("small" if variant in ("small", "pod") else "tiny")
+    c.eval = eval_section()
+    if variant in ("small", "pod"):
+        c.data.world = "small"
+        c.model.vocab_size = 8192
+    if variant == "qwen":
+        c.model.dtype = "bfloat16"
+        c.eval.max_new_tokens = 192
+    if variant == "pod":
+        c.mesh.data = 1
+        c.mesh.fsdp = -1
+        c.distributed.enabled = True
+    return c

@@ -1,0 +1,73 @@
+"""Trainer lookup, default run directories and prerequisite building for experiments.run.
+
+Kept apart from run.py so notebooks and tests can drive a config without absl flags.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+import logging
+import ml_collections
+
+# trainer name -> module exposing `train(config, workdir)`. Imported lazily so that a run
+# only pays for the trainer it uses.
+TRAINERS: dict[str, str] = {
+    "sft": "she_jax.train.sft",
+}
+
+EXPERIMENTS_DIR = os.path.dirname(os.path.abspath(__file__))
+RUNS_DIR = os.environ.get("SHE_JAX_RUNS", "runs")
+
+
+def default_workdir(config: ml_collections.ConfigDict) -> str:
+    """runs/<config name>[_<variant>], the variant only when it is not the default."""
+    name = config.name
+    variant = config.get("variant", "tiny")
+    suffix = "" if variant in ("", "tiny", None) else f"_{variant}"
+    return os.path.join(RUNS_DIR, f"{name}{suffix}")
+
+
+def load_config(name: str, variant: str | None = None) -> ml_collections.ConfigDict:
+    """The config of experiments/<name>.py for a variant (None: that file's default)."""
+    path = os.path.join(EXPERIMENTS_DIR, f"{name}.py")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file for prerequisite {name!r} not found: {path}")
+    module = importlib.import_module(f"experiments.{name}")
+    return module.get_config(variant) if variant else module.get_config()
+
+
+def is_finished(workdir: str) -> bool:
+    return os.path.exists(os.path.join(workdir, "eval.json"))
+
+
+def build_prerequisites(config: ml_collections.ConfigDict) -> None:
+    """Builds config.init_from (and its own prerequisites) when not already finished."""
+    prerequisite = config.get("init_from", None)
+    if not prerequisite:
+        return
+    parent = load_config(prerequisite, config.get("variant", None))
+    parent_workdir = default_workdir(parent)
+    if is_finished(parent_workdir):
+        logging.info("prerequisite %s found in %s", prerequisite, parent_workdir)
+    else:
+        logging.info("building prerequisite %s into %s", prerequisite, parent_workdir)
+        build_prerequisites(parent)
+        run_config(parent, parent_workdir)
+    if not config.get("init_dir"):
+        with config.unlocked():
+            config.init_dir = parent_workdir
+
+
+def trainer_module(name: str) -> Any:
+    if name not in TRAINERS:
+        raise ValueError(f"config.trainer={name!r} is not a known trainer; "
+                         f"known: {sorted(TRAINERS)}")
+    return importlib.import_module(TRAINERS[name])
+
+
+def run_config(config: ml_collections.ConfigDict, workdir: str) -> Any:
+    os.makedirs(workdir, exist_ok=True)
+    return trainer_module(config.trainer).train(config, workdir)

@@ -1,0 +1,44 @@
+r"""The one entry point: `python -m experiments.run --config=experiments/<name>.py[:variant]`.
+
+Dispatches on `config.trainer` to that trainer's `train(config, workdir)`. Configs are
+locked, so a typo in `--config.key=value` is an error rather than a silently new key.
+A config that names a prerequisite (`config.init_from = 'sft'`) gets it built first, into
+its own default workdir, unless that workdir already holds a finished run (`eval.json`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import registry
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to an experiments/*.py config file, optionally `:variant`.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory; default runs/<config name>[_<variant>].")
+
+
+def quiet_libraries() -> None:
+    """Keeps the console for progress: orbax (absl logger) and jax log every save at INFO."""
+    for name in ("absl", "jax", "orbax"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: list[str]) -> None:
+    quiet_libraries()
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config=experiments/sft.py")
+    workdir = _WORKDIR.value or registry.default_workdir(config)
+    registry.build_prerequisites(config)
+    registry.run_config(config, workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

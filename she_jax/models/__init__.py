@@ -1,0 +1,29 @@
+"""Model definitions: the Qwen2/Qwen3/Llama-family decoder (`transformer`) and HF I/O (`hf`)."""
+
+from she_jax.models.transformer import (
+    ModelConfig,
+    PrefixCache,
+    SampleCache,
+    decode_step,
+    forward,
+    hidden_states,
+    init_params,
+    init_sample_cache,
+    logits_from_hidden,
+    param_logical_axes,
+    prefill,
+)
+
+__all__ = [
+    "ModelConfig",
+    "PrefixCache",
+    "SampleCache",
+    "decode_step",
+    "forward",
+    "hidden_states",
+    "init_params",
+    "init_sample_cache",
+    "logits_from_hidden",
+    "param_logical_axes",
+    "prefill",
+]

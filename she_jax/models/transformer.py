@@ -1,0 +1,571 @@
+"""Qwen2 / Qwen3 / Llama-family decoder in Flax Linen, with logical axis names.
+
+One module covers the three families: RMSNorm, rotary embeddings (HF "rotate_half"
+convention), grouped-query attention, SwiGLU MLP, optional q/k/v bias (Qwen2), optional
+per-head q/k RMSNorm (Qwen3), tied or untied embeddings. Params are always float32;
+`ModelConfig.dtype` is the compute dtype. RMSNorm statistics, attention softmax and logits
+are float32 in either case.
+
+Shapes: B batch, T (or P) sequence length, E hidden size, H query heads, KVH key/value heads,
+R = H // KVH query heads per kv head, D head dim, M MLP dim, V vocab, L layers, G samples per
+prompt, N sample-cache length.
+
+Three ways to run the decoder, all sharing the same layers:
+  * `forward` / `hidden_states`: full causal pass with a padding mask.
+  * `prefill`: the same pass over a prompt, keeping each layer's keys/values as a
+    `PrefixCache` (`[B, KVH, P, D]` per layer) and returning only the last real token's logits.
+  * `decode_step`: one new token for each of G samples per prompt. The prompt's K/V are
+    *shared* by the G samples (never copied G times); each sample's own K/V go to a
+    `SampleCache` (`[B, G, KVH, N, D]` per layer). Attention scores against the prefix and
+    against the sample's own cache are concatenated into one softmax.
+
+Positions are `cumsum(mask) - 1`, so left padding gives the logits of the unpadded sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+Params = Mapping[str, Any]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_FAMILIES = ("qwen2", "qwen3", "llama")
+# Finite, so that a query with no visible key (a left-pad position) gets a uniform softmax
+# rather than NaN; exp(-1e30 - max) is exactly 0 next to any real score.
+_MASK_VALUE = -1e30
+# HF `initializer_range`.
+_INIT_STDDEV = 0.02
+
+_PRESETS = {
+    "tiny": dict(vocab_size=4096, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
+                 head_dim=32, mlp_dim=512),
+    "small": dict(vocab_size=8192, hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4,
+                  head_dim=64, mlp_dim=1536),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the decoder. Frozen and hashable, so it is a static jit argument."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    qkv_bias: bool = False  # Qwen2
+    qk_norm: bool = False  # Qwen3
+    tie_embeddings: bool = True
+    dtype: str = "float32"  # compute dtype; params are always float32
+    family: str = "qwen2"  # 'qwen2' | 'qwen3' | 'llama' (names the HF architecture on export)
+    max_seq_len: int = 2048
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                     "head_dim", "mlp_dim", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"ModelConfig.num_heads={self.num_heads} is not a multiple of "
+                             f"num_kv_heads={self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"ModelConfig.dtype={self.dtype!r} not in {sorted(_DTYPES)}")
+        if self.family not in _FAMILIES:
+            raise ValueError(f"ModelConfig.family={self.family!r} not in {_FAMILIES}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """A named size ('tiny' | 'small'), Qwen2-style (q/k/v bias, tied), with overrides."""
+        if name not in _PRESETS:
+            raise ValueError(f"unknown ModelConfig preset {name!r}; choose from {sorted(_PRESETS)}")
+        return cls(**{**_PRESETS[name], "qkv_bias": True, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return _DTYPES[self.dtype]
+
+
+@flax.struct.dataclass
+class PrefixCache:
+    """Keys/values of a prefilled prompt, shared by every sample drawn from it.
+
+    k: one array per layer, `[B, KVH, D, P]` (keys after RoPE, transposed: see `prefill`).
+    v: one array per layer, `[B, KVH, P, D]`. Both in the compute dtype.
+    mask: `[B, P]` bool, True at real prompt tokens.
+    lengths: `[B]` int32, real prompt tokens = the position of the first generated token.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    mask: jax.Array
+    lengths: jax.Array
+
+
+@flax.struct.dataclass
+class SampleCache:
+    """Keys/values of generated tokens, one slot per decode step.
+
+    k: one array per layer, `[B, G, KVH, D, N]`; v: one array per layer, `[B, G, KVH, N, D]`;
+    both in the compute dtype. Slot n holds the token generated at step n (position
+    `PrefixCache.lengths + n`). Batch-like axes (B, G, KVH) come first and keys are stored
+    transposed, so neither attention matmul needs a transpose (see `prefill`).
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """HF RMSNorm: statistics in float32, result cast back to x's dtype, times scale.
+
+    x: `[..., F]`; scale: `[F]`. Returns `[..., F]` in x's dtype.
+    """
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return normed.astype(x.dtype) * scale.astype(x.dtype)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float,
+                dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables for rotary embeddings, computed once per call and shared by all layers.
+
+    positions: `[B, T]` int. Returns (cos, sin), each `[B, T, 1, D]` in `dtype` (the 1
+    broadcasts over heads); frequencies repeat over the two halves of D (HF convention).
+    """
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates x `[B, T, N, D]` by position: x*cos + rotate_half(x)*sin (HF convention)."""
+    first, second = jnp.split(x, 2, axis=-1)
+    return x * cos + jnp.concatenate([-second, first], axis=-1) * sin
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """Positions `[B, T]` int32 = cumsum(mask) - 1, clamped at 0 for leading padding."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last axis, whose logical name is `axis`."""
+
+    eps: float
+    axis: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis,)),
+                           (x.shape[-1],), jnp.float32)
+        return rms_norm(x, scale, self.eps)
+
+
+class Projection(nn.Module):
+    """`einsum(equation, x, kernel) + bias`: a Linear whose kernel keeps heads as separate axes.
+
+    The bias (if `bias_axes`) has the kernel's trailing `len(bias_axes)` dims.
+    """
+
+    equation: str
+    kernel_shape: tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    bias_axes: tuple[str, ...] | None
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.normal(_INIT_STDDEV), self.kernel_axes),
+            self.kernel_shape, jnp.float32)
+        y = jnp.einsum(self.equation, x, kernel.astype(self.dtype))
+        if self.bias_axes is not None:
+            bias = self.param("bias",
+                              nn.with_logical_partitioning(nn.initializers.zeros, self.bias_axes),
+                              self.kernel_shape[-len(self.bias_axes):], jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class Embedder(nn.Module):
+    """Token embedding `[V, E]`; also the output projection when embeddings are tied."""
+
+    vocab_size: int
+    hidden_size: int
+    dtype: Any
+
+    def setup(self):
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(_INIT_STDDEV), ("vocab", "embed")),
+            (self.vocab_size, self.hidden_size), jnp.float32)
+
+    def encode(self, tokens: jax.Array) -> jax.Array:
+        """tokens `[B, T]` -> `[B, T, E]`."""
+        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+    def decode(self, hidden: jax.Array) -> jax.Array:
+        """hidden `[..., E]` -> logits `[..., V]` float32."""
+        return jnp.einsum("...e,ve->...v", hidden, self.embedding.astype(self.dtype),
+                          preferred_element_type=jnp.float32)
+
+
+class Attention(nn.Module):
+    """Projections of grouped-query attention; the attention itself is an `attend` function.
+
+    Keeping the score/softmax part outside the module lets the same parameters serve the
+    full causal pass, prefill and shared-prefix decoding.
+    """
+
+    config: ModelConfig
+
+    def setup(self):
+        c = self.config
+        dtype = c.compute_dtype
+        e, h, kvh, d = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+        bias = c.qkv_bias
+        self.q_proj = Projection("bte,ehd->bthd", (e, h, d), ("embed", "heads", "head_dim"),
+                                 ("heads", "head_dim") if bias else None, dtype)
+        self.k_proj = Projection("bte,ehd->bthd", (e, kvh, d), ("embed", "kv_heads", "head_dim"),
+                                 ("kv_heads", "head_dim") if bias else None, dtype)
+        self.v_proj = Projection("bte,ehd->bthd", (e, kvh, d), ("embed", "kv_heads", "head_dim"),
+                                 ("kv_heads", "head_dim") if bias else None, dtype)
+        self.o_proj = Projection("bthd,hde->bte", (h, d, e), ("heads", "head_dim", "embed"),
+                                 None, dtype)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.rms_norm_eps, "head_dim")
+            self.k_norm = RMSNorm(c.rms_norm_eps, "head_dim")
+
+    def qkv(self, x: jax.Array, cos: jax.Array,
+            sin: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x `[B, T, E]` -> q `[B, T, H, D]`, k and v `[B, T, KVH, D]` (q, k rotated)."""
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.config.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = nn.with_logical_constraint(apply_rope(q, cos, sin),
+                                       ("batch", "length", "heads", "head_dim"))
+        k = nn.with_logical_constraint(apply_rope(k, cos, sin),
+                                       ("batch", "length", "kv_heads", "head_dim"))
+        v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
+        return q, k, v
+
+    def out(self, attended: jax.Array) -> jax.Array:
+        """attended `[B, T, H, D]` -> `[B, T, E]`."""
+        return self.o_proj(attended)
+
+
+class Mlp(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.config
+        e, m, dtype = c.hidden_size, c.mlp_dim, c.compute_dtype
+        gate = Projection("bte,em->btm", (e, m), ("embed", "mlp"), None, dtype, name="gate_proj")(x)
+        up = Projection("bte,em->btm", (e, m), ("embed", "mlp"), None, dtype, name="up_proj")(x)
+        hidden = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
+        return Projection("btm,me->bte", (m, e), ("mlp", "embed"), None, dtype,
+                          name="down_proj")(hidden)
+
+
+# attend(q [B,T,H,D], k [B,T,KVH,D], v [B,T,KVH,D]) -> (attended [B,T,H,D], whatever to keep)
+AttendFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
+
+
+class DecoderLayer(nn.Module):
+    config: ModelConfig
+
+    def setup(self):
+        c = self.config
+        self.input_norm = RMSNorm(c.rms_norm_eps, "embed")
+        self.attn = Attention(c)
+        self.post_attn_norm = RMSNorm(c.rms_norm_eps, "embed")
+        self.mlp = Mlp(c)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
+                 attend: AttendFn) -> tuple[jax.Array, Any]:
+        """x `[B, T, E]` -> (`[B, T, E]`, what `attend` kept, e.g. this layer's K/V)."""
+        q, k, v = self.attn.qkv(self.input_norm(x), cos, sin)
+        attended, kept = attend(q, k, v)
+        x = x + self.attn.out(attended)
+        x = x + self.mlp(self.post_attn_norm(x))
+        return nn.with_logical_constraint(x, ("batch", "length", "embed")), kept
+
+
+class Transformer(nn.Module):
+    """The decoder. Submodule names are the param tree of the spec (`layers_0`, ...)."""
+
+    config: ModelConfig
+
+    def setup(self):
+        c = self.config
+        self.embed = Embedder(c.vocab_size, c.hidden_size, c.compute_dtype)
+        self.layers = [DecoderLayer(c) for _ in range(c.num_layers)]
+        self.final_norm = RMSNorm(c.rms_norm_eps, "embed")
+        if not c.tie_embeddings:
+            self.lm_head = Projection("...e,ev->...v", (c.hidden_size, c.vocab_size),
+                                      ("embed", "vocab"), None, c.compute_dtype)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array,
+                 attends: tuple[AttendFn, ...]) -> tuple[jax.Array, list[Any]]:
+        """tokens, positions `[B, T]` -> (final-normed hidden `[B, T, E]`, per-layer kept)."""
+        c = self.config
+        x = nn.with_logical_constraint(self.embed.encode(tokens), ("batch", "length", "embed"))
+        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta, c.compute_dtype)
+        kept = []
+        for layer, attend in zip(self.layers, attends, strict=True):
+            x, layer_kept = layer(x, cos, sin, attend)
+            kept.append(layer_kept)
+        return self.final_norm(x), kept
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """hidden `[..., E]` -> logits `[..., V]` float32."""
+        if self.config.tie_embeddings:
+            return self.embed.decode(hidden)
+        return self.lm_head(hidden).astype(jnp.float32)
+
+
+# ------------------------------------------------------------------------------ attention
+
+
+def _causal_attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Causal + padding attention. q `[B, T, H, D]`, k/v `[B, T, KVH, D]`, mask `[B, T]`."""
+    b, t, h, d = q.shape
+    kvh = k.shape[2]
+    grouped = q.reshape(b, t, kvh, h // kvh, d)
+    scores = jnp.einsum("btkrd,bskd->bkrts", grouped, k,
+                        preferred_element_type=jnp.float32) * (d ** -0.5)
+    visible = jnp.tril(jnp.ones((t, t), bool))[None] & mask[:, None, :]  # [B, T, S]
+    scores = jnp.where(visible[:, None, None], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkrts,bskd->btkrd", probs, v).reshape(b, t, h, d)
+
+
+def _shared_prefix_attend(q: jax.Array, k: jax.Array, v: jax.Array, prefix_k: jax.Array,
+                          prefix_v: jax.Array, prefix_mask: jax.Array, cache_k: jax.Array,
+                          cache_v: jax.Array,
+                          step: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """One decode step of G samples per prompt over [shared prefix | own cache].
+
+    q `[B, G, H, D]`; k, v `[B, G, KVH, D]` (the new token's, written to cache slot `step`);
+    prefix_k `[B, KVH, D, P]`, prefix_v `[B, KVH, P, D]`, prefix_mask `[B, P]`;
+    cache_k `[B, G, KVH, D, N]`, cache_v `[B, G, KVH, N, D]`.
+    Returns (attended `[B, G, H, D]`, updated (cache_k, cache_v)).
+
+    The softmax runs over prefix and own scores together, without concatenating them: one
+    shared max, one shared denominator.
+    """
+    b, g, h, d = q.shape
+    kvh = cache_k.shape[2]
+    cache_k = jax.lax.dynamic_update_slice(cache_k, k[..., None], (0, 0, 0, 0, step))
+    cache_v = jax.lax.dynamic_update_slice(cache_v, v[:, :, :, None, :], (0, 0, 0, step, 0))
+    grouped = q.reshape(b, g, kvh, h // kvh, d) * jnp.asarray(d ** -0.5, q.dtype)
+    prefix_scores = jnp.einsum("bgkrd,bkdp->bgkrp", grouped, prefix_k,
+                               preferred_element_type=jnp.float32)
+    own_scores = jnp.einsum("bgkrd,bgkdn->bgkrn", grouped, cache_k,
+                            preferred_element_type=jnp.float32)
+    prefix_scores = jnp.where(prefix_mask[:, None, None, None, :], prefix_scores, _MASK_VALUE)
+    own_scores = jnp.where(jnp.arange(cache_k.shape[-1]) <= step, own_scores, _MASK_VALUE)
+    top = jnp.maximum(prefix_scores.max(axis=-1), own_scores.max(axis=-1))[..., None]
+    prefix_weights = jnp.exp(prefix_scores - top)
+    own_weights = jnp.exp(own_scores - top)
+    total = prefix_weights.sum(axis=-1) + own_weights.sum(axis=-1)  # [B, G, KVH, R]
+    attended = (jnp.einsum("bgkrp,bkpd->bgkrd", prefix_weights.astype(v.dtype), prefix_v,
+                           preferred_element_type=jnp.float32)
+                + jnp.einsum("bgkrn,bgknd->bgkrd", own_weights.astype(v.dtype), cache_v,
+                             preferred_element_type=jnp.float32))
+    attended = (attended / total[..., None]).astype(v.dtype)
+    return attended.reshape(b, g, h, d), (cache_k, cache_v)
+
+
+# ------------------------------------------------------------------------------ public API
+
+
+def _module(config: ModelConfig) -> Transformer:
+    return Transformer(config)
+
+
+def _normalize_mask(tokens: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
+    if attention_mask is None:
+        return jnp.ones(tokens.shape, bool)
+    return attention_mask.astype(bool)
+
+
+def init_params(config: ModelConfig, rng: jax.Array) -> dict[str, Any]:
+    """Random float32 params `{'params': {...}}` (plain arrays, logical-axis boxes removed)."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    mask = jnp.ones((1, 1), bool)
+    variables = jax.jit(functools.partial(_init_boxed, config))(rng, tokens, mask)
+    return nn.meta.unbox(variables)
+
+
+def _init_boxed(config: ModelConfig, rng: jax.Array, tokens: jax.Array, mask: jax.Array):
+    attend = functools.partial(_kept_nothing, mask=mask)
+    return _module(config).init(rng, tokens, positions_from_mask(mask),
+                                (attend,) * config.num_layers, method=_init_method)
+
+
+def _init_method(module: Transformer, tokens, positions, attends):
+    hidden, _ = module(tokens, positions, attends)
+    return module.logits(hidden)  # touches lm_head when embeddings are untied
+
+
+def _kept_nothing(q, k, v, mask):
+    return _causal_attend(q, k, v, mask), None
+
+
+def param_logical_axes(config: ModelConfig) -> dict[str, Any]:
+    """Logical axis names of every param: the params tree with a tuple of names per leaf.
+
+    E.g. `['params']['layers_0']['attn']['q_proj']['kernel'] == ('embed', 'heads', 'head_dim')`.
+    Tuples are pytree nodes, so map over it with `is_leaf=lambda x: isinstance(x, tuple)`
+    or `jax.tree.structure(params).flatten_up_to(axes)`.
+    """
+    boxed = jax.eval_shape(functools.partial(_init_boxed, config), jax.random.key(0),
+                           jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool))
+    return jax.tree.map(lambda box: tuple(box.names), boxed,
+                        is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def _hidden_states(config: ModelConfig, params: Params, tokens: jax.Array,
+                   attention_mask: jax.Array | None) -> jax.Array:
+    mask = _normalize_mask(tokens, attention_mask)
+    attend = functools.partial(_kept_nothing, mask=mask)
+    hidden, _ = _module(config).apply(params, tokens, positions_from_mask(mask),
+                                      (attend,) * config.num_layers)
+    return hidden
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def hidden_states(config: ModelConfig, params: Params, tokens: jax.Array,
+                  attention_mask: jax.Array | None = None) -> jax.Array:
+    """Final-normed hidden states `[B, T, E]` (compute dtype).
+
+    tokens `[B, T]` int32 (ids must be in [0, V): out-of-range ids are not checked under
+    jit); attention_mask `[B, T]` bool, True at real tokens (None: all real). Use with
+    `logits_from_hidden` to project only the positions you need.
+    """
+    return _hidden_states(config, params, tokens, attention_mask)
+
+
+def logits_from_hidden(config: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
+    """hidden `[..., E]` -> logits `[..., V]` float32."""
+    return _module(config).apply(params, hidden, method=Transformer.logits)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def forward(config: ModelConfig, params: Params, tokens: jax.Array,
+            attention_mask: jax.Array | None = None) -> jax.Array:
+    """Logits `[B, T, V]` float32 for tokens `[B, T]` int32 under attention_mask `[B, T]` bool.
+
+    Causal and padding-masked; positions are cumsum(mask) - 1, so a left-padded row gives
+    the same logits at its real tokens as the unpadded sequence. Logits at padding
+    positions are finite but meaningless.
+    """
+    hidden = _hidden_states(config, params, tokens, attention_mask)
+    return logits_from_hidden(config, params, hidden)
+
+
+def last_token_index(mask: jax.Array) -> jax.Array:
+    """Index `[B]` of the last True in each row of mask `[B, T]` (left or right padding)."""
+    t = mask.shape[-1]
+    return t - 1 - jnp.argmax(mask[:, ::-1], axis=-1)
+
+
+def prefill_impl(config: ModelConfig, params: Params, tokens: jax.Array,
+                 attention_mask: jax.Array | None) -> tuple[jax.Array, PrefixCache]:
+    """Unjitted `prefill`, for callers that are already inside a jit (the sampler)."""
+    mask = _normalize_mask(tokens, attention_mask)
+
+    def attend(q, k, v):
+        # Keys as [B, KVH, D, P], values as [B, KVH, P, D]: the decode-time matmuls then
+        # contract over the operand's second-minor axis, which XLA:CPU runs far faster
+        # than contracting two minor axes.
+        return _causal_attend(q, k, v, mask), (k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3))
+
+    hidden, kept = _module(config).apply(params, tokens, positions_from_mask(mask),
+                                         (attend,) * config.num_layers)
+    last = jnp.take_along_axis(hidden, last_token_index(mask)[:, None, None], axis=1)[:, 0]
+    cache = PrefixCache(k=tuple(k for k, _ in kept), v=tuple(v for _, v in kept), mask=mask,
+                        lengths=jnp.sum(mask, axis=-1, dtype=jnp.int32))
+    return logits_from_hidden(config, params, last), cache
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def prefill(config: ModelConfig, params: Params, tokens: jax.Array,
+            attention_mask: jax.Array | None = None) -> tuple[jax.Array, PrefixCache]:
+    """Runs the prompt once; returns (next-token logits `[B, V]` float32, `PrefixCache`).
+
+    tokens `[B, P]` int32, attention_mask `[B, P]` bool (left or right padding). The logits
+    are those after each row's last real token; the cache holds every layer's K/V.
+    """
+    return prefill_impl(config, params, tokens, attention_mask)
+
+
+def init_sample_cache(config: ModelConfig, batch: int, group: int, length: int) -> SampleCache:
+    """Zeroed `SampleCache`: per layer k `[batch, group, KVH, D, length]`, v `[..., length, D]`."""
+    lead, d, dtype = (batch, group, config.num_kv_heads), config.head_dim, config.compute_dtype
+    return SampleCache(
+        k=tuple(jnp.zeros(lead + (d, length), dtype) for _ in range(config.num_layers)),
+        v=tuple(jnp.zeros(lead + (length, d), dtype) for _ in range(config.num_layers)))
+
+
+def decode_step_impl(config: ModelConfig, params: Params, tokens: jax.Array, step: jax.Array,
+                     prefix: PrefixCache, cache: SampleCache) -> tuple[jax.Array, SampleCache]:
+    """Unjitted `decode_step`, for callers that are already inside a jit (the sampler)."""
+    group = tokens.shape[1]
+    positions = jnp.broadcast_to((prefix.lengths + step)[:, None], (tokens.shape[0], group))
+    attends = tuple(
+        functools.partial(_shared_prefix_attend, prefix_k=pk, prefix_v=pv,
+                          prefix_mask=prefix.mask, cache_k=ck, cache_v=cv, step=step)
+        for pk, pv, ck, cv in zip(prefix.k, prefix.v, cache.k, cache.v, strict=True))
+    hidden, kept = _module(config).apply(params, tokens, positions, attends)
+    new_cache = SampleCache(k=tuple(k for k, _ in kept), v=tuple(v for _, v in kept))
+    return logits_from_hidden(config, params, hidden), new_cache
+
+
+@functools.partial(jax.jit, static_argnames="config", donate_argnames="cache")
+def decode_step(config: ModelConfig, params: Params, tokens: jax.Array, step: jax.Array,
+                prefix: PrefixCache, cache: SampleCache) -> tuple[jax.Array, SampleCache]:
+    """Feeds one token per sample; returns (logits `[B, G, V]` float32, updated cache).
+
+    tokens `[B, G]` int32: the token generated at step `step` (scalar int32) for each of G
+    samples of each prompt; it sits at position `prefix.lengths + step` and its K/V go to
+    slot `step` of `cache` (`[B, G, KVH, N, D]` per layer, so step < N). It attends to the
+    real prompt tokens of `prefix` (shared by the G samples) and to cache slots 0..step.
+    `cache` is donated: its buffers are updated in place and must not be reused.
+    """
+    return decode_step_impl(config, params, tokens, step, prefix, cache)

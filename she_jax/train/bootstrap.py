@@ -1,0 +1,104 @@
+"""The pieces every trainer builds first: records, tokenizer, model config and parameters.
+
+Run directories hand their model on in Hugging Face form: a finished run writes
+`<workdir>/model/` (config.json + model.safetensors, via `she_jax.models.hf.save_hf`) and
+`<workdir>/tokenizer/`. A later stage (`config.init_from`) and the standalone evaluator
+load those, and so can transformers, with no she_jax code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from she_jax import tokenizer as tokenizer_lib
+from she_jax.data import sources
+from she_jax.models import hf, transformer
+
+MODEL_DIR = "model"
+TOKENIZER_DIR = "tokenizer"
+
+
+def model_config_section(preset: str = "tiny") -> ml_collections.ConfigDict:
+    """The `model` section (each key documented)."""
+    c = ml_collections.ConfigDict()
+    c.preset = preset  # ModelConfig preset for a from-scratch model: 'tiny' | 'small'
+    c.hf_path = ""  # a local Hugging Face model directory to start from (overrides preset)
+    c.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
+    c.vocab_size = 4096  # from-scratch models: SentencePiece vocab trained to this size
+    return c
+
+
+def init_dir(config: ml_collections.ConfigDict) -> str:
+    """The finished prerequisite run this config starts from ('' when none)."""
+    return config.get("init_dir", "") or ""
+
+
+def get_tokenizer(config: ml_collections.ConfigDict, workdir: str,
+                  splits: dict[str, list[dict]]) -> tokenizer_lib.Tokenizer:
+    """Loads (HF path, prerequisite run, this run's earlier attempt) or trains the tokenizer.
+
+    A from-scratch tokenizer is SentencePiece trained on the world's texts, to exactly
+    config.model.vocab_size pieces. It is saved to <workdir>/tokenizer in every case.
+    """
+    own = os.path.join(workdir, TOKENIZER_DIR)
+    if config.model.hf_path:
+        tokenizer = tokenizer_lib.load_tokenizer(config.model.hf_path)
+    elif init_dir(config):
+        tokenizer = tokenizer_lib.load_tokenizer(os.path.join(init_dir(config), TOKENIZER_DIR))
+    elif os.path.exists(own):
+        tokenizer = tokenizer_lib.load_tokenizer(own)  # a resumed run keeps its vocabulary
+    else:
+        from she_jax.data.shopworld import tokenizer_corpus
+
+        logging.info("training a SentencePiece tokenizer (vocab %d)", config.model.vocab_size)
+        return tokenizer_lib.train_sentencepiece(
+            tokenizer_corpus(splits), config.model.vocab_size, own)
+    if not os.path.exists(own):
+        tokenizer.save(own)
+    return tokenizer
+
+
+def load_run_model(run_dir: str, dtype: str | None = None
+                   ) -> tuple[transformer.ModelConfig, Any]:
+    """(ModelConfig, params) exported by a finished run into <run_dir>/model."""
+    path = os.path.join(run_dir, MODEL_DIR)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: {run_dir} has not finished a run "
+                                "(a finished run exports its model there)")
+    model_config, params = hf.load_hf(path)
+    if dtype:
+        model_config = dataclasses.replace(model_config, dtype=dtype)
+    return model_config, params
+
+
+def init_model(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Tokenizer,
+               rng: jax.Array) -> tuple[transformer.ModelConfig, Any]:
+    """(ModelConfig, params): from config.model.hf_path, the prerequisite run, or fresh."""
+    if config.model.hf_path:
+        model_config, params = hf.load_hf(config.model.hf_path)
+        model_config = dataclasses.replace(model_config, dtype=config.model.dtype)
+    elif init_dir(config):
+        model_config, params = load_run_model(init_dir(config), config.model.dtype)
+    else:
+        model_config = transformer.ModelConfig.preset(
+            config.model.preset, vocab_size=tokenizer.vocab_size, dtype=config.model.dtype)
+        params = transformer.init_params(model_config, rng)
+    tokenizer.check_model_vocab(model_config.vocab_size)
+    return model_config, params
+
+
+def export_model(workdir: str, model_config: transformer.ModelConfig, params: Any) -> str:
+    """Writes the final model to <workdir>/model in Hugging Face form; returns the path."""
+    path = os.path.join(workdir, MODEL_DIR)
+    hf.save_hf(model_config, jax.device_get(params), path)
+    return path
+
+
+def load_data(config: ml_collections.ConfigDict) -> dict[str, list[dict]]:
+    return sources.load_splits(config.data)

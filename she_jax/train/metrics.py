@@ -1,0 +1,172 @@
+"""Run-directory outputs: metrics.jsonl, TensorBoard events, console progress, config, plots.
+
+Only process 0 writes (multi-host runs would otherwise write N copies).
+"""
+
+from collections.abc import Iterable, Mapping
+import json
+import logging
+import math
+import os
+import re
+import sys
+from typing import Any
+
+import jax
+import tensorboardX
+import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+CONSOLE_KEYS = ("loss", "grad_norm", "learning_rate")  # shown first on the progress bar
+
+
+def _is_writer() -> bool:
+    return jax.process_index() == 0
+
+
+def write_config(config: Any, workdir: str) -> str:
+    """Writes the resolved ConfigDict (or dict) to <workdir>/config.json; returns the path."""
+    path = os.path.join(workdir, "config.json")
+    if not _is_writer():
+        return path
+    os.makedirs(workdir, exist_ok=True)
+    as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    with open(path, "w") as f:
+        json.dump(as_dict, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    return path
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """All records of <workdir>/metrics.jsonl in file order ([] if there is none)."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: not a JSON object ({e})") from e
+    return records
+
+
+def truncate_metrics(workdir: str, last_step: int) -> None:
+    """Drops records with step > last_step, so a resumed run appends without duplicates."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not _is_writer() or not os.path.exists(path):
+        return
+    kept = [r for r in read_metrics(workdir) if r["step"] <= last_step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(tmp, path)
+
+
+def _to_float(value: Any) -> float:
+    return float(jax.device_get(value))
+
+
+class MetricWriter:
+    """Appends one JSON record per logged step to metrics.jsonl, mirrors scalars to
+    TensorBoard (<workdir>/tb) and shows a progress bar with ETA (a log line per write
+    instead when stderr is not a terminal, e.g. under a cluster scheduler).
+
+    `start_step`: the step the run (re)starts from; TensorBoard events after it from an
+    earlier attempt are purged, matching the truncation of metrics.jsonl on resume.
+    """
+
+    def __init__(self, workdir: str, total_steps: int, start_step: int = 0, progress: bool = True):
+        self.workdir = workdir
+        self._enabled = _is_writer()
+        self._tb = None
+        self._bar = None
+        if not self._enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._file = open(os.path.join(workdir, METRICS_FILE), "a")
+        self._tb = tensorboardX.SummaryWriter(
+            os.path.join(workdir, "tb"), purge_step=start_step + 1 if start_step else None)
+        if progress and sys.stderr.isatty():
+            self._bar = tqdm.tqdm(total=total_steps, initial=start_step, dynamic_ncols=True,
+                                  desc=os.path.basename(os.path.normpath(workdir)))
+        self._bar_step = start_step
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Records `metrics` (scalars) at `step`. Non-finite values are written as null."""
+        if not self._enabled:
+            return
+        values = {k: _to_float(v) for k, v in metrics.items()}
+        record = {"step": int(step)}
+        record.update({k: (v if math.isfinite(v) else None) for k, v in values.items()})
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for key, value in values.items():
+            self._tb.add_scalar(key, value, int(step))
+        self._tb.flush()
+        shown = [k for k in CONSOLE_KEYS if k in values]
+        shown += [k for k in values if k not in shown][: max(0, 5 - len(shown))]
+        summary = {k: f"{values[k]:.4g}" for k in shown}
+        if self._bar is not None:
+            self._bar.update(int(step) - self._bar_step)
+            self._bar_step = int(step)
+            self._bar.set_postfix(summary, refresh=True)
+        else:
+            logging.info("step %d: %s", step, " ".join(f"{k}={v}" for k, v in summary.items()))
+
+    def close(self) -> None:
+        if not self._enabled:
+            return
+        self._file.close()
+        self._tb.close()
+        if self._bar is not None:
+            self._bar.close()
+
+    def __enter__(self) -> "MetricWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _file_name(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
+
+
+def plot_metrics(workdir: str, keys: Iterable[str] | None = None) -> list[str]:
+    """Plots each metric against step to <workdir>/plots/<metric>.png; returns the paths.
+
+    `keys`: metrics to plot (default: every numeric metric in metrics.jsonl).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(workdir)
+    if keys is None:
+        keys = sorted({k for r in records for k, v in r.items()
+                       if k != "step" and isinstance(v, (int, float))})
+    out_dir = os.path.join(workdir, "plots")
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for key in keys:
+        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        if not points:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="." if len(points) < 50 else None)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = os.path.join(out_dir, _file_name(key) + ".png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,121 @@
+"""SFT with chain of thought: masked next-token loss on the target (trainer `sft`).
+
+The target is the 5-step CoT plus the label token, in either order (config.sft.order):
+'think_first' (steps, then the label) or 'answer_first' (the label, then the steps: the
+TaoSR1 post-CoT form, whose label is read from the prefill alone at serving time).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from she_jax import parallel
+from she_jax.data import loader, sources
+from she_jax.eval import evaluate
+from she_jax.models import transformer
+from she_jax.train import bootstrap, loop, metrics as metrics_lib, optim
+from she_jax.train.state import create_train_state, state_sharding
+
+
+def sft_section() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.order = "answer_first"  # CoT order of the target: 'answer_first' | 'think_first'
+    c.train_split = "sft"  # the split trained on
+    c.buckets = (96, 128, 160)  # padded sequence lengths (one compiled step per bucket)
+    return c
+
+
+def sft_loss_fn(model_config: transformer.ModelConfig, label_ids: tuple[int, ...]):
+    """loss_fn(params, batch, rng) -> (loss_sum, aux) for `loop.make_train_step`.
+
+    batch: tokens [B, T] int32, loss_mask [B, T] bool (True where tokens[t] is a target
+    token, predicted from position t - 1), attention_mask [B, T] bool.
+    Token-mean over the whole batch: loss_sum = sum of target-token NLLs, normalizer = the
+    number of target tokens. aux adds token accuracy and accuracy on label tokens.
+    """
+    label_ids_arr = jnp.asarray(label_ids, jnp.int32)
+
+    def loss_fn(params: Any, batch: dict[str, jax.Array], rng: jax.Array):
+        del rng
+        tokens = batch["tokens"]
+        logits = transformer.forward(model_config, params, tokens[:, :-1],
+                                     batch["attention_mask"][:, :-1])
+        targets = tokens[:, 1:]
+        mask = batch["loss_mask"][:, 1:].astype(jnp.float32)
+        log_z = jax.nn.logsumexp(logits, axis=-1)
+        target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        nll = log_z - target_logit
+        correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+        is_label = jnp.any(targets[..., None] == label_ids_arr, axis=-1).astype(jnp.float32) * mask
+        aux = {
+            "normalizer": mask.sum(),
+            "token_accuracy": (correct * mask).sum(),
+            "label_accuracy": ((correct * is_label).sum(), is_label.sum()),
+        }
+        return (nll * mask).sum(), aux
+
+    return loss_fn
+
+
+class _Repeating:
+    """Batches of a finite BatchDataset over epochs, with a checkpointable position."""
+
+    def __init__(self, dataset: loader.BatchDataset):
+        self.dataset = dataset
+        self.index = 0
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = self.dataset[self.index]
+        self.index += 1
+        return {k: batch[k] for k in ("tokens", "loss_mask", "attention_mask")}
+
+    def get_state(self) -> dict[str, int]:
+        return {"index": self.index}
+
+    def set_state(self, position: dict[str, int]) -> None:
+        self.index = int(position["index"])
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains, exports <workdir>/model, evaluates into <workdir>/eval.json; returns eval."""
+    metrics_lib.write_config(config, workdir)
+    parallel.initialize_distributed(config.distributed)
+    splits = bootstrap.load_data(config)
+    tokenizer = bootstrap.get_tokenizer(config, workdir, splits)
+    rng = jax.random.PRNGKey(config.seed)
+    model_config, params = bootstrap.init_model(config, tokenizer, rng)
+
+    records = sources.require_split(splits, config.sft.train_split, "config.sft.train_split")
+    dataset = loader.sft_dataset(
+        records, tokenizer, batch_size=config.batch.batch_size, buckets=config.sft.buckets,
+        order=config.sft.order, seed=config.data_seed, shuffle=True, num_epochs=None)
+    logging.info("sft: %d records, %d batches per epoch, %d steps",
+                 len(records), dataset.batches_per_epoch, config.optimizer.total_steps)
+
+    mesh = parallel.make_mesh(config.mesh)
+    rules = tuple(config.axis_rules)
+    axes = transformer.param_logical_axes(model_config)
+    params = parallel.shard_params(params, axes, mesh, rules)
+    tx, lr_fn = optim.make_optimizer(config.optimizer)
+    state = create_train_state(params, tx, jax.random.PRNGKey(config.seed + 1))
+    step_fn = loop.make_train_step(
+        sft_loss_fn(model_config, tokenizer.label_ids), tx, config.batch.accum_steps,
+        mesh=mesh, rules=rules, state_sharding=state_sharding(state),
+        learning_rate_fn=lr_fn)
+    state = loop.train_loop(
+        train_step=step_fn, state=state, data=_Repeating(dataset), workdir=workdir,
+        total_steps=config.optimizer.total_steps, log_every=config.log_every,
+        checkpoint_every=config.checkpoint.every, checkpoint_keep=config.checkpoint.keep)
+    if int(jax.device_get(state.step)) < config.optimizer.total_steps:
+        logging.warning("sft stopped early at step %d; rerun the same command to resume",
+                        int(state.step))
+        return {}
+    bootstrap.export_model(workdir, model_config, state.params)
+    metrics_lib.plot_metrics(workdir)
+    return evaluate.evaluate_run(config, workdir, model_config, state.params, tokenizer, splits)
