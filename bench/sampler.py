@@ -135,6 +135,8 @@ def bench_config(name: str, repeats: int, copy_prefix: bool) -> None:
         "batch": BATCH, "samples": SAMPLES, "prompt_len": PROMPT_LEN, "new_tokens": NEW_TOKENS,
         "temperature": TEMPERATURE, "top_k": TOP_K, "top_p": TOP_P, "repeats": repeats,
         "torch_threads": torch.get_num_threads(), "cpu_count": common.cpu_count(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "jax_matmul_gflops": round(common.matmul_gflops(), 1),
         "same_model_max_logit_diff": logit_diff,
     }
@@ -163,4 +165,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # PyTorch's OpenMP threads spin while waiting by default; on a machine shared with other
+    # jobs that makes `generate` several times slower (measured 3-7x on 2 busy cores), so
+    # the peer gets passive waiting unless the caller chose otherwise. Must precede the
+    # torch import (bench_config imports it lazily).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     main()

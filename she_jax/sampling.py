@@ -62,6 +62,8 @@ class SamplingConfig:
     temperature: 0 means greedy (argmax).
     top_k: keep the k most likely tokens (0: off). Uses `lax.top_k`, not a full sort.
     top_p: keep the smallest most-likely set with mass >= top_p (1.0: off), after top_k.
+        Without top_k this sorts the whole vocabulary every step, which is slow on CPU;
+        pair it with a top_k (e.g. 50, 100) when you can.
     eos_id: ends a sample (None: no EOS). The EOS token itself is kept and counted.
     pad_id: written after a sample's EOS (and used to pad prompts, under a False mask).
     stop_at_eos: False keeps sampling after EOS (all samples run to max_new_tokens;
@@ -70,6 +72,10 @@ class SamplingConfig:
     share_prefix: True prefills each prompt once and shares its K/V across the G samples;
         False prefills G copies (the HF/tunix way; kept as a reference and for benchmarks).
     length_bucket: prompt and output lengths are padded to `bucket_length(n, length_bucket)`.
+
+    Only the structure is compiled in: greedy or not, top_k, top_p on or off, share_prefix
+    (and the shapes). Other changes (a new temperature, top_p value, eos_id, pad_id,
+    stop_at_eos, min_new_tokens) reuse the compiled sampler.
     """
 
     temperature: float = 1.0
@@ -115,10 +121,37 @@ class SampleOutput:
     lengths: jax.Array
 
 
+@dataclasses.dataclass(frozen=True)
+class _Program:
+    """What the compiled sampler depends on: the model and the *structure* of sampling.
+
+    Numeric settings (`_Knobs`) are runtime values, so e.g. a new temperature or EOS id
+    reuses the compiled program.
+    """
+
+    model: ModelConfig
+    greedy: bool
+    top_k: int  # 0: off
+    nucleus: bool  # top_p < 1
+    share_prefix: bool
+
+
+@flax.struct.dataclass
+class _Knobs:
+    """The numeric sampling settings, as scalars in the program (see SamplingConfig)."""
+
+    temperature: jax.Array  # float32
+    top_p: jax.Array  # float32
+    eos_id: jax.Array  # int32; -1: none
+    pad_id: jax.Array  # int32
+    stop_at_eos: jax.Array  # bool
+    min_new_tokens: jax.Array  # int32
+
+
 @flax.struct.dataclass
 class _LoopState:
     step: jax.Array  # scalar int32: tokens recorded so far
-    last_tokens: jax.Array  # [B, G] the token recorded at step - 1
+    logits: jax.Array  # [B, G, V] float32: the distribution of token `step`
     done: jax.Array  # [B, G] bool
     tokens: jax.Array  # [B, G, Nb]
     logprobs: jax.Array  # [B, G, Nb]
@@ -174,103 +207,154 @@ def pad_prompts(prompts: Sequence[Sequence[int]] | np.ndarray, prompt_mask: np.n
 # ------------------------------------------------------------------------------- sampling
 
 
-def _choose(sampling: SamplingConfig, logits: jax.Array, key: jax.Array,
+def _inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
+    """Index drawn with probability proportional to weights `[..., W]` (>= 0), u `[...]` in [0, 1).
+
+    Inverse-CDF sampling with one uniform per row: far cheaper on CPU than Gumbel noise for
+    every entry. Rows wider than 64 are split into blocks of ~sqrt(W) (pick a block by block
+    sums, then an entry inside it), so no cumulative sum runs over all W entries. Returns
+    `[...]` int32, always an index with positive weight.
+    """
+    width = weights.shape[-1]
+    if width <= 64:  # XLA:CPU's cumsum costs O(width^2): fine up to here
+        return _pick(weights, u * weights.sum(axis=-1))
+    block = 1 << max(0, (width - 1).bit_length() // 2)
+    padded = -(-width // block) * block
+    blocks = jnp.pad(weights, [(0, 0)] * (weights.ndim - 1) + [(0, padded - width)])
+    blocks = blocks.reshape(weights.shape[:-1] + (padded // block, block))
+    block_sums = blocks.sum(axis=-1)
+    target = u * block_sums.sum(axis=-1)
+    chosen = _pick(block_sums, target)
+    inside = jnp.take_along_axis(blocks, chosen[..., None, None], axis=-2)[..., 0, :]
+    before = (jnp.take_along_axis(jnp.cumsum(block_sums, axis=-1), chosen[..., None], axis=-1)
+              - jnp.take_along_axis(block_sums, chosen[..., None], axis=-1))[..., 0]
+    return chosen * block + _pick(inside, target - before)
+
+
+def _pick(weights: jax.Array, target: jax.Array) -> jax.Array:
+    """First index whose cumulative weight exceeds target, clipped to the last positive one."""
+    below = jnp.sum(jnp.cumsum(weights, axis=-1) <= target[..., None], axis=-1)
+    positive = weights > 0
+    last_positive = weights.shape[-1] - 1 - jnp.argmax(positive[..., ::-1], axis=-1)
+    return jnp.minimum(below, last_positive).astype(jnp.int32)
+
+
+def _choose(program: _Program, knobs: _Knobs, logits: jax.Array, uniform: jax.Array,
             step: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Draws one token per row. logits `[B, G, V]` float32 -> token, logprob, policy logprob,
-    each `[B, G]` (see the module docstring for the two log-probs)."""
-    policy_norm = jax.nn.logsumexp(logits, axis=-1)
-    x = logits
-    if sampling.min_new_tokens > 0 and sampling.eos_id is not None:
-        x = x.at[..., sampling.eos_id].add(
-            jnp.where(step < sampling.min_new_tokens, _MASK_VALUE, 0.0))
-    if sampling.temperature == 0:
+    """Draws one token per row. logits `[B, G, V]` float32, uniform `[B, G]` in [0, 1) ->
+    token, logprob, policy logprob, each `[B, G]` (see the module docstring)."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    policy_norm = (top + jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1, keepdims=True)))[..., 0]
+    # EOS is forbidden before min_new_tokens (as HF's MinNewTokensLogitsProcessor).
+    forbid_eos = (knobs.eos_id >= 0) & (step < knobs.min_new_tokens)
+    x = logits.at[..., jnp.maximum(knobs.eos_id, 0)].add(jnp.where(forbid_eos, _MASK_VALUE, 0.0))
+    if program.greedy:
         token = jnp.argmax(x, axis=-1).astype(jnp.int32)
         logprob = jnp.zeros(token.shape, jnp.float32)
     else:
-        if sampling.temperature != 1:
-            x = x / sampling.temperature
         candidate_ids = None
-        if sampling.top_k > 0 or sampling.top_p < 1:
+        if program.top_k > 0 or program.nucleus:
             # top_k candidates come back sorted, which top_p needs; top_p alone sorts all V.
-            k = min(sampling.top_k or x.shape[-1], x.shape[-1])
-            x, candidate_ids = jax.lax.top_k(x, k)
-            if sampling.top_p < 1:
-                probs = jax.nn.softmax(x, axis=-1)
-                mass_before = jnp.cumsum(probs, axis=-1) - probs
-                x = jnp.where(mass_before < sampling.top_p, x, _MASK_VALUE)
-        choice = jnp.argmax(x + jax.random.gumbel(key, x.shape, jnp.float32), axis=-1)
-        logprob = (jnp.take_along_axis(x, choice[..., None], axis=-1)[..., 0]
-                   - jax.nn.logsumexp(x, axis=-1))
+            x, candidate_ids = jax.lax.top_k(x, min(program.top_k or x.shape[-1], x.shape[-1]))
+        # Shifting by the row max before scaling keeps exp() in range; the shift cancels.
+        scaled = (x - jnp.max(x, axis=-1, keepdims=True)) / knobs.temperature
+        weights = jnp.exp(scaled)
+        if program.nucleus:
+            probs = weights / weights.sum(axis=-1, keepdims=True)
+            keep = jnp.cumsum(probs, axis=-1) - probs < knobs.top_p
+            weights = jnp.where(keep, weights, 0.0)
+        choice = _inverse_cdf(weights, uniform)
+        logprob = (jnp.take_along_axis(scaled, choice[..., None], axis=-1)[..., 0]
+                   - jnp.log(weights.sum(axis=-1)))
         if candidate_ids is None:
-            token = choice.astype(jnp.int32)
+            token = choice
         else:
             token = jnp.take_along_axis(candidate_ids, choice[..., None], axis=-1)[..., 0]
     policy_logprob = jnp.take_along_axis(logits, token[..., None], axis=-1)[..., 0] - policy_norm
     return token, logprob, policy_logprob
 
 
-def _record(sampling: SamplingConfig, state: _LoopState, logits: jax.Array,
-            rng: jax.Array) -> _LoopState:
-    """Samples the token for slot `state.step` from logits `[B, G, V]` and stores it."""
+def _record(program: _Program, knobs: _Knobs, state: _LoopState,
+            uniforms: jax.Array) -> tuple[jax.Array, _LoopState]:
+    """Samples token `state.step` from `state.logits` and stores it; returns it `[B, G]` too.
+
+    uniforms `[N, B, G]`: the random numbers of every step, drawn before the loop (one
+    vectorised draw instead of a small RNG program per step).
+    """
     step = state.step
-    token, logprob, policy_logprob = _choose(sampling, logits, jax.random.fold_in(rng, step), step)
+    token, logprob, policy_logprob = _choose(program, knobs, state.logits, uniforms[step], step)
     active = ~state.done
-    token = jnp.where(active, token, sampling.pad_id)
-    done = state.done
-    if sampling.eos_id is not None and sampling.stop_at_eos:
-        done = done | (token == sampling.eos_id)
+    token = jnp.where(active, token, knobs.pad_id)
+    done = state.done | (knobs.stop_at_eos & (token == knobs.eos_id))
 
     def put(buffer, value):
         return jax.lax.dynamic_update_slice(buffer, value[:, :, None].astype(buffer.dtype),
                                             (0, 0, step))
 
-    return state.replace(
-        step=step + 1, last_tokens=token, done=done,
+    return token, state.replace(
+        step=step + 1, done=done,
         tokens=put(state.tokens, token),
         logprobs=put(state.logprobs, jnp.where(active, logprob, 0.0)),
         policy_logprobs=put(state.policy_logprobs, jnp.where(active, policy_logprob, 0.0)),
         lengths=state.lengths + active.astype(jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("sampler", "num_samples", "output_len"))
-def _generate(sampler: Sampler, params: Params, tokens: jax.Array, mask: jax.Array,
-              rng: jax.Array, max_new_tokens: jax.Array, num_samples: int,
+def _phase_widths(output_len: int) -> list[int]:
+    """Sample-cache widths of the decoding phases: [output_len] for short outputs, else
+    four equal steps. A step attends over all slots of its phase's cache, so growing the
+    cache in phases reads ~5/8 of what a full-width cache would (attention over the
+    per-sample cache is memory-bound); each phase costs one more compiled loop body."""
+    chunk = max(32, output_len // 4)
+    if output_len <= chunk:
+        return [output_len]
+    return list(range(chunk, output_len, chunk)) + [output_len]
+
+
+@functools.partial(jax.jit, static_argnames=("program", "num_samples", "output_len"))
+def _generate(program: _Program, params: Params, tokens: jax.Array, mask: jax.Array,
+              rng: jax.Array, max_new_tokens: jax.Array, knobs: _Knobs, num_samples: int,
               output_len: int) -> SampleOutput:
     """Prefill + while-loop decode. tokens/mask `[B, P]`; outputs `[B, G, output_len]`."""
     TRACE_COUNTS["generate"] += 1
-    config, sampling = sampler.model, sampler.sampling
+    config = program.model
     b, g, vocab = tokens.shape[0], num_samples, config.vocab_size
-    if sampling.share_prefix:
+    widths = _phase_widths(output_len)
+    if program.share_prefix:
         last_logits, prefix = transformer.prefill_impl(config, params, tokens, mask)
-        cache = transformer.init_sample_cache(config, b, g, output_len)
+        cache = transformer.init_sample_cache(config, prefix, g, output_len, widths[0])
         first_logits = jnp.broadcast_to(last_logits[:, None], (b, g, vocab))
     else:
         last_logits, prefix = transformer.prefill_impl(
             config, params, jnp.repeat(tokens, g, axis=0), jnp.repeat(mask, g, axis=0))
-        cache = transformer.init_sample_cache(config, b * g, 1, output_len)
+        cache = transformer.init_sample_cache(config, prefix, 1, output_len, widths[0])
         first_logits = last_logits.reshape(b, g, vocab)
+    kernel = transformer.output_kernel(config, params)  # once, outside the loop
 
     def body(state: _LoopState) -> _LoopState:
-        # The last recorded token (slot step - 1) goes through the model to give the next.
-        last = state.last_tokens if sampling.share_prefix else state.last_tokens.reshape(b * g, 1)
-        logits, cache = transformer.decode_step_impl(config, params, last, state.step - 1,
-                                                     prefix, state.cache)
-        return _record(sampling, state.replace(cache=cache), logits.reshape(b, g, vocab), rng)
+        # Sample token s, then feed it (cache slot s) to get the distribution of token s + 1.
+        # The last iteration's decode is wasted; in exchange the sampling code sits in the
+        # loop body only, not also before the loop (a shorter compile).
+        slot = state.step
+        token, state = _record(program, knobs, state, uniforms)
+        token = token if program.share_prefix else token.reshape(b * g, 1)
+        logits, cache = transformer.decode_step_impl(config, params, token, slot, prefix,
+                                                     state.cache, kernel)
+        return state.replace(logits=logits.reshape(b, g, vocab), cache=cache)
 
-    def keep_going(state: _LoopState) -> jax.Array:
-        running = state.step < max_new_tokens
-        if sampling.eos_id is not None and sampling.stop_at_eos:
-            running &= ~jnp.all(state.done)
-        return running
+    def keep_going(state: _LoopState, width: int) -> jax.Array:
+        # Iteration s writes cache slot s, so a phase with `width` slots runs while s < width.
+        return (state.step < max_new_tokens) & (state.step < width) & ~jnp.all(state.done)
 
+    uniforms = jax.random.uniform(rng, (output_len, b, g), jnp.float32)
     zeros = jnp.zeros((b, g, output_len), jnp.float32)
     state = _LoopState(
-        step=jnp.zeros((), jnp.int32), last_tokens=jnp.zeros((b, g), jnp.int32),
-        done=jnp.zeros((b, g), bool),
-        tokens=jnp.full((b, g, output_len), sampling.pad_id, jnp.int32),
+        step=jnp.zeros((), jnp.int32), logits=first_logits, done=jnp.zeros((b, g), bool),
+        tokens=jnp.full((b, g, output_len), knobs.pad_id, jnp.int32),
         logprobs=zeros, policy_logprobs=zeros, lengths=jnp.zeros((b, g), jnp.int32),
         cache=cache)
-    state = jax.lax.while_loop(keep_going, body, _record(sampling, state, first_logits, rng))
+    for width in widths:
+        state = state.replace(cache=transformer.grow_sample_cache(state.cache, width))
+        state = jax.lax.while_loop(functools.partial(keep_going, width=width), body, state)
     return SampleOutput(tokens=state.tokens, logprobs=state.logprobs,
                         policy_logprobs=state.policy_logprobs, lengths=state.lengths)
 
@@ -305,9 +389,18 @@ class Sampler:
         tokens, mask = pad_prompts(prompts, prompt_mask, self.model.vocab_size,
                                    self.model.max_seq_len - max_new_tokens,
                                    self.sampling.length_bucket, self.sampling.pad_id)
-        out = _generate(self, params, tokens, mask, rng, np.int32(max_new_tokens),
+        s = self.sampling
+        program = _Program(model=self.model, greedy=s.temperature == 0, top_k=s.top_k,
+                           nucleus=s.top_p < 1, share_prefix=s.share_prefix)
+        knobs = _Knobs(
+            temperature=np.float32(s.temperature), top_p=np.float32(s.top_p),
+            eos_id=np.int32(-1 if s.eos_id is None else s.eos_id), pad_id=np.int32(s.pad_id),
+            stop_at_eos=np.bool_(s.stop_at_eos), min_new_tokens=np.int32(s.min_new_tokens))
+        out = _generate(program, params, tokens, mask, rng, np.int32(max_new_tokens), knobs,
                         num_samples=num_samples,
                         output_len=bucket_length(max_new_tokens, self.sampling.length_bucket))
+        if out.tokens.shape[-1] == max_new_tokens:
+            return out
         return SampleOutput(tokens=out.tokens[:, :, :max_new_tokens],
                             logprobs=out.logprobs[:, :, :max_new_tokens],
                             policy_logprobs=out.policy_logprobs[:, :, :max_new_tokens],

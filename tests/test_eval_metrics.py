@@ -81,24 +81,6 @@ def test_bad_labels_raise(y_true, y_pred, match):
     metrics.classification_report(y_true, y_pred)
 
 
-def test_normalize_fact():
-  assert metrics.normalize_fact("  Brand :  NIKE. ") == "brand: nike"
-  assert metrics.normalize_fact("category:running   shoes!") == "category: running shoes"
-  assert metrics.facts_match(["Brand: Nike.", "color: red"], ["brand: nike"])
-  assert not metrics.facts_match(["brand: adidas"], ["brand: nike"])
-  assert metrics.facts_match([], [])
-
-
-def test_fallback_matcher_agrees_with_cot():
-  cot = pytest.importorskip("she_jax.data.cot")
-  facts = ["  Brand :  NIKE. ", "category:running   shoes!", "excluded brand: Nike",
-           "intent: negation", "size: 10.5", "ｂｒａｎｄ: ＮＩＫＥ", "label:L4", "no colon here",
-           "a: b: c", "model: air-max 90"]
-  for fact in facts:
-    assert metrics.normalize_fact(fact) == cot.normalize_fact(fact), fact
-  assert metrics.default_fact_matcher() is cot.facts_match
-
-
 def _step_case():
   annotations = [
       {"query": ["category: running shoes", "intent: negation"], "item": ["brand: nike"]},

@@ -15,12 +15,12 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from she_jax.data import cot
 from she_jax.special_tokens import LABELS, STEP_NAMES
 
 INVALID = -1
@@ -194,50 +194,7 @@ def classification_report(y_true: Any, y_pred: Any, num_classes: int = NUM_CLASS
 # Reasoning steps.
 
 
-def normalize_fact(fact: str) -> str:
-  """Canonical form of a fact: NFKC, lowercase, punctuation as space, single spaces, and
-  "key: value" with exactly one ': ' after the key (split at the first colon).
-
-  "  Brand :  NIKE. " -> "brand: nike". This is the rule of `she_jax.data.cot.normalize_fact`
-  (a superset of lowercase / collapse whitespace / strip end punctuation); the test suite
-  checks the two agree.
-  """
-  if not isinstance(fact, str):
-    raise TypeError(f"a fact must be a string, got {type(fact).__name__}: {fact!r}")
-  key, colon, value = unicodedata.normalize("NFKC", fact).lower().partition(":")
-  if colon:
-    return f"{_collapse_punctuation(key)}: {_collapse_punctuation(value)}"
-  return _collapse_punctuation(key)
-
-
-def _collapse_punctuation(text: str) -> str:
-  spaced = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text)
-  return " ".join(spaced.split())
-
-
-def facts_match(stated: Sequence[str], annotated: Sequence[str]) -> bool:
-  """True when every annotated fact appears among the stated facts after normalization.
-
-  Extra stated facts are allowed; an empty annotation is trivially matched.
-  """
-  stated_set = {normalize_fact(f) for f in stated}
-  return all(normalize_fact(f) in stated_set for f in annotated)
-
-
 FactMatcher = Callable[[Sequence[str], Sequence[str]], bool]
-
-
-def default_fact_matcher() -> FactMatcher:
-  """`she_jax.data.cot.facts_match` when that module provides it, else `facts_match` here.
-
-  Both implement the same rule; preferring cot.py's keeps the evaluation and the offline
-  verifier on literally one definition.
-  """
-  try:
-    from she_jax.data.cot import facts_match as cot_facts_match
-  except ImportError:
-    return facts_match
-  return cot_facts_match
 
 
 def step_correctness(
@@ -252,7 +209,7 @@ def step_correctness(
       or None when the output could not be parsed (then every annotated step is wrong). A
       step missing from the dict states no facts.
     annotations: [N] per example, {step_name: [fact, ...]} or None (not annotated).
-    match_fn: (stated, annotated) -> bool; default `default_fact_matcher()`.
+    match_fn: (stated, annotated) -> bool; default `she_jax.data.cot.facts_match`.
 
   Returns:
     (annotated [N] bool: example has annotations,
@@ -262,7 +219,7 @@ def step_correctness(
   if len(parsed_steps) != len(annotations):
     raise ValueError(f"parsed_steps has {len(parsed_steps)} entries but annotations has "
                      f"{len(annotations)}")
-  match = match_fn if match_fn is not None else default_fact_matcher()
+  match = match_fn if match_fn is not None else cot.facts_match
   num = len(annotations)
   annotated = np.zeros(num, dtype=bool)
   step_right = np.zeros((num, len(STEP_NAMES)), dtype=bool)

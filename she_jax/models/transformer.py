@@ -16,8 +16,8 @@ Three ways to run the decoder, all sharing the same layers:
     `PrefixCache` (`[B, KVH, P, D]` per layer) and returning only the last real token's logits.
   * `decode_step`: one new token for each of G samples per prompt. The prompt's K/V are
     *shared* by the G samples (never copied G times); each sample's own K/V go to a
-    `SampleCache` (`[B, G, KVH, N, D]` per layer). Attention scores against the prefix and
-    against the sample's own cache are concatenated into one softmax.
+    `SampleCache` (`[B, KVH, G, N, D]` per layer). Scores against the prefix and against
+    the sample's own cache share one softmax.
 
 Positions are `cumsum(mask) - 1`, so left padding gives the logits of the unpadded sequence.
 """
@@ -41,8 +41,15 @@ _FAMILIES = ("qwen2", "qwen3", "llama")
 # Finite, so that a query with no visible key (a left-pad position) gets a uniform softmax
 # rather than NaN; exp(-1e30 - max) is exactly 0 next to any real score.
 _MASK_VALUE = -1e30
-# HF `initializer_range`.
+# Initial values, HF style and by param name: norm scales one, biases zero, every other
+# param (kernels, embedding) normal with std = HF's `initializer_range`.
 _INIT_STDDEV = 0.02
+_INITIALIZERS = {"scale": nn.initializers.ones, "bias": nn.initializers.zeros}
+
+
+def _initializer(name: str) -> Callable:
+    return _INITIALIZERS.get(name, nn.initializers.normal(_INIT_STDDEV))
+
 
 _PRESETS = {
     "tiny": dict(vocab_size=4096, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
@@ -131,14 +138,19 @@ class PrefixCache:
 class SampleCache:
     """Keys/values of generated tokens, one slot per decode step.
 
-    k: one array per layer, `[B, G, KVH, D, N]`; v: one array per layer, `[B, G, KVH, N, D]`;
+    k: one array per layer, `[B, KVH, G, D, N]`; v: one array per layer, `[B, KVH, G, N, D]`;
     both in the compute dtype. Slot n holds the token generated at step n (position
-    `PrefixCache.lengths + n`). Batch-like axes (B, G, KVH) come first and keys are stored
-    transposed, so neither attention matmul needs a transpose (see `prefill`).
+    `PrefixCache.lengths + n`). The batch-like axes (B, KVH, G) lead in the same order as
+    in the prefix-attention matmul, and keys are stored transposed, so no attention matmul
+    needs a transpose (see `prefill`).
+    cos, sin: `[B, N, D]` float32 RoPE tables of the sample positions, computed once so
+    decode steps look them up instead of evaluating sin/cos in every layer.
     """
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
+    cos: jax.Array
+    sin: jax.Array
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -154,17 +166,23 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     return normed.astype(x.dtype) * scale.astype(x.dtype)
 
 
-def rope_tables(positions: jax.Array, head_dim: int, theta: float,
-                dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
-    """cos/sin tables for rotary embeddings, computed once per call and shared by all layers.
+def rope_tables(positions: jax.Array, head_dim: int,
+                theta: float) -> tuple[jax.Array, jax.Array]:
+    """float32 cos/sin tables for rotary embeddings, shared by all layers.
 
-    positions: `[B, T]` int. Returns (cos, sin), each `[B, T, 1, D]` in `dtype` (the 1
-    broadcasts over heads); frequencies repeat over the two halves of D (HF convention).
+    positions: `[...]` int. Returns (cos, sin), each `[..., D]`; frequencies repeat over the
+    two halves of D (HF convention).
     """
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     angles = positions.astype(jnp.float32)[..., None] * inv_freq
-    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-    return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def _rope_for(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """positions `[B, T]` -> (cos, sin) `[B, T, 1, D]` (the 1 broadcasts over heads)."""
+    cos, sin = rope_tables(positions, config.head_dim, config.rope_theta)
+    return cos[:, :, None, :], sin[:, :, None, :]
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
@@ -186,7 +204,7 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis,)),
+        scale = self.param("scale", nn.with_logical_partitioning(_initializer("scale"), (self.axis,)),
                            (x.shape[-1],), jnp.float32)
         return rms_norm(x, scale, self.eps)
 
@@ -207,12 +225,12 @@ class Projection(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param(
             "kernel",
-            nn.with_logical_partitioning(nn.initializers.normal(_INIT_STDDEV), self.kernel_axes),
+            nn.with_logical_partitioning(_initializer("kernel"), self.kernel_axes),
             self.kernel_shape, jnp.float32)
         y = jnp.einsum(self.equation, x, kernel.astype(self.dtype))
         if self.bias_axes is not None:
             bias = self.param("bias",
-                              nn.with_logical_partitioning(nn.initializers.zeros, self.bias_axes),
+                              nn.with_logical_partitioning(_initializer("bias"), self.bias_axes),
                               self.kernel_shape[-len(self.bias_axes):], jnp.float32)
             y = y + bias.astype(self.dtype)
         return y
@@ -228,7 +246,7 @@ class Embedder(nn.Module):
     def setup(self):
         self.embedding = self.param(
             "embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(_INIT_STDDEV), ("vocab", "embed")),
+            nn.with_logical_partitioning(_initializer("embedding"), ("vocab", "embed")),
             (self.vocab_size, self.hidden_size), jnp.float32)
 
     def encode(self, tokens: jax.Array) -> jax.Array:
@@ -339,12 +357,12 @@ class Transformer(nn.Module):
             self.lm_head = Projection("...e,ev->...v", (c.hidden_size, c.vocab_size),
                                       ("embed", "vocab"), None, c.compute_dtype)
 
-    def __call__(self, tokens: jax.Array, positions: jax.Array,
+    def __call__(self, tokens: jax.Array, rope: tuple[jax.Array, jax.Array],
                  attends: tuple[AttendFn, ...]) -> tuple[jax.Array, list[Any]]:
-        """tokens, positions `[B, T]` -> (final-normed hidden `[B, T, E]`, per-layer kept)."""
-        c = self.config
+        """tokens `[B, T]`, rope (cos, sin) broadcastable to `[B, T, 1, D]` ->
+        (final-normed hidden `[B, T, E]`, what each layer's attend kept)."""
         x = nn.with_logical_constraint(self.embed.encode(tokens), ("batch", "length", "embed"))
-        cos, sin = rope_tables(positions, c.head_dim, c.rope_theta, c.compute_dtype)
+        cos, sin = (table.astype(self.config.compute_dtype) for table in rope)
         kept = []
         for layer, attend in zip(self.layers, attends, strict=True):
             x, layer_kept = layer(x, cos, sin, attend)
@@ -382,32 +400,36 @@ def _shared_prefix_attend(q: jax.Array, k: jax.Array, v: jax.Array, prefix_k: ja
 
     q `[B, G, H, D]`; k, v `[B, G, KVH, D]` (the new token's, written to cache slot `step`);
     prefix_k `[B, KVH, D, P]`, prefix_v `[B, KVH, P, D]`, prefix_mask `[B, P]`;
-    cache_k `[B, G, KVH, D, N]`, cache_v `[B, G, KVH, N, D]`.
+    cache_k `[B, KVH, G, D, N]`, cache_v `[B, KVH, G, N, D]`.
     Returns (attended `[B, G, H, D]`, updated (cache_k, cache_v)).
 
-    The softmax runs over prefix and own scores together, without concatenating them: one
-    shared max, one shared denominator.
+    Queries are regrouped as `[B, KVH, G*R, D]`, so against the shared prefix all G*R
+    queries of a kv head are the rows of one matmul. The softmax covers prefix and own
+    scores together without concatenating them: one shared max, one shared denominator.
     """
     b, g, h, d = q.shape
-    kvh = cache_k.shape[2]
-    cache_k = jax.lax.dynamic_update_slice(cache_k, k[..., None], (0, 0, 0, 0, step))
-    cache_v = jax.lax.dynamic_update_slice(cache_v, v[:, :, :, None, :], (0, 0, 0, step, 0))
-    grouped = q.reshape(b, g, kvh, h // kvh, d) * jnp.asarray(d ** -0.5, q.dtype)
-    prefix_scores = jnp.einsum("bgkrd,bkdp->bgkrp", grouped, prefix_k,
+    kvh = cache_k.shape[1]
+    cache_k = jax.lax.dynamic_update_slice(cache_k, k.transpose(0, 2, 1, 3)[..., None],
+                                           (0, 0, 0, 0, step))
+    cache_v = jax.lax.dynamic_update_slice(cache_v, v.transpose(0, 2, 1, 3)[:, :, :, None, :],
+                                           (0, 0, 0, step, 0))
+    grouped = q.reshape(b, g, kvh, h // kvh, d).transpose(0, 2, 1, 3, 4)  # [B, KVH, G, R, D]
+    grouped = grouped * jnp.asarray(d ** -0.5, q.dtype)
+    prefix_scores = jnp.einsum("bkgrd,bkdp->bkgrp", grouped, prefix_k,
                                preferred_element_type=jnp.float32)
-    own_scores = jnp.einsum("bgkrd,bgkdn->bgkrn", grouped, cache_k,
+    own_scores = jnp.einsum("bkgrd,bkgdn->bkgrn", grouped, cache_k,
                             preferred_element_type=jnp.float32)
     prefix_scores = jnp.where(prefix_mask[:, None, None, None, :], prefix_scores, _MASK_VALUE)
     own_scores = jnp.where(jnp.arange(cache_k.shape[-1]) <= step, own_scores, _MASK_VALUE)
     top = jnp.maximum(prefix_scores.max(axis=-1), own_scores.max(axis=-1))[..., None]
     prefix_weights = jnp.exp(prefix_scores - top)
     own_weights = jnp.exp(own_scores - top)
-    total = prefix_weights.sum(axis=-1) + own_weights.sum(axis=-1)  # [B, G, KVH, R]
-    attended = (jnp.einsum("bgkrp,bkpd->bgkrd", prefix_weights.astype(v.dtype), prefix_v,
+    total = prefix_weights.sum(axis=-1) + own_weights.sum(axis=-1)  # [B, KVH, G, R]
+    attended = (jnp.einsum("bkgrp,bkpd->bkgrd", prefix_weights.astype(v.dtype), prefix_v,
                            preferred_element_type=jnp.float32)
-                + jnp.einsum("bgkrn,bgknd->bgkrd", own_weights.astype(v.dtype), cache_v,
+                + jnp.einsum("bkgrn,bkgnd->bkgrd", own_weights.astype(v.dtype), cache_v,
                              preferred_element_type=jnp.float32))
-    attended = (attended / total[..., None]).astype(v.dtype)
+    attended = (attended / total[..., None]).astype(v.dtype).transpose(0, 2, 1, 3, 4)
     return attended.reshape(b, g, h, d), (cache_k, cache_v)
 
 
@@ -425,21 +447,44 @@ def _normalize_mask(tokens: jax.Array, attention_mask: jax.Array | None) -> jax.
 
 
 def init_params(config: ModelConfig, rng: jax.Array) -> dict[str, Any]:
-    """Random float32 params `{'params': {...}}` (plain arrays, logical-axis boxes removed)."""
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    mask = jnp.ones((1, 1), bool)
-    variables = jax.jit(functools.partial(_init_boxed, config))(rng, tokens, mask)
-    return nn.meta.unbox(variables)
+    """Random float32 params `{'params': {...}}` (plain arrays, logical-axis boxes removed).
+
+    Values follow the modules' initializers (norm scales 1, biases 0, the rest
+    normal(0, 0.02)), but every normal value comes from ONE random draw split across the
+    params: XLA:CPU compiles each random call separately (about a second each), so drawing
+    per param, as `Module.init` does, makes initialising even a tiny model take tens of
+    seconds.
+    """
+    return _init_from_one_draw(config, rng)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_from_one_draw(config: ModelConfig, rng: jax.Array) -> dict[str, Any]:
+    shapes = nn.meta.unbox(jax.eval_shape(
+        functools.partial(_init_boxed, config), jax.random.key(0),
+        jnp.zeros((1, 1), jnp.int32), jnp.ones((1, 1), bool)))
+    paths, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    drawn = [shape.size for path, shape in paths if path[-1].key not in _INITIALIZERS]
+    pool = jax.random.normal(rng, (sum(drawn),), jnp.float32) * _INIT_STDDEV
+    leaves, offset = [], 0
+    for path, shape in paths:
+        name = path[-1].key
+        if name in _INITIALIZERS:
+            leaves.append(_INITIALIZERS[name](None, shape.shape, jnp.float32))
+        else:
+            leaves.append(pool[offset:offset + shape.size].reshape(shape.shape))
+            offset += shape.size
+    return jax.tree.unflatten(treedef, leaves)
 
 
 def _init_boxed(config: ModelConfig, rng: jax.Array, tokens: jax.Array, mask: jax.Array):
     attend = functools.partial(_kept_nothing, mask=mask)
-    return _module(config).init(rng, tokens, positions_from_mask(mask),
+    return _module(config).init(rng, tokens, _rope_for(config, positions_from_mask(mask)),
                                 (attend,) * config.num_layers, method=_init_method)
 
 
-def _init_method(module: Transformer, tokens, positions, attends):
-    hidden, _ = module(tokens, positions, attends)
+def _init_method(module: Transformer, tokens, rope, attends):
+    hidden, _ = module(tokens, rope, attends)
     return module.logits(hidden)  # touches lm_head when embeddings are untied
 
 
@@ -464,7 +509,7 @@ def _hidden_states(config: ModelConfig, params: Params, tokens: jax.Array,
                    attention_mask: jax.Array | None) -> jax.Array:
     mask = _normalize_mask(tokens, attention_mask)
     attend = functools.partial(_kept_nothing, mask=mask)
-    hidden, _ = _module(config).apply(params, tokens, positions_from_mask(mask),
+    hidden, _ = _module(config).apply(params, tokens, _rope_for(config, positions_from_mask(mask)),
                                       (attend,) * config.num_layers)
     return hidden
 
@@ -516,7 +561,8 @@ def prefill_impl(config: ModelConfig, params: Params, tokens: jax.Array,
         # than contracting two minor axes.
         return _causal_attend(q, k, v, mask), (k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3))
 
-    hidden, kept = _module(config).apply(params, tokens, positions_from_mask(mask),
+    hidden, kept = _module(config).apply(params, tokens,
+                                         _rope_for(config, positions_from_mask(mask)),
                                          (attend,) * config.num_layers)
     last = jnp.take_along_axis(hidden, last_token_index(mask)[:, None, None], axis=1)[:, 0]
     cache = PrefixCache(k=tuple(k for k, _ in kept), v=tuple(v for _, v in kept), mask=mask,
@@ -535,26 +581,67 @@ def prefill(config: ModelConfig, params: Params, tokens: jax.Array,
     return prefill_impl(config, params, tokens, attention_mask)
 
 
-def init_sample_cache(config: ModelConfig, batch: int, group: int, length: int) -> SampleCache:
-    """Zeroed `SampleCache`: per layer k `[batch, group, KVH, D, length]`, v `[..., length, D]`."""
-    lead, d, dtype = (batch, group, config.num_kv_heads), config.head_dim, config.compute_dtype
+def init_sample_cache(config: ModelConfig, prefix: PrefixCache, group: int, length: int,
+                      slots: int | None = None) -> SampleCache:
+    """Empty `SampleCache` for `group` samples of each prefix row and `length` new tokens.
+
+    RoPE tables cover positions `prefix.lengths + n` for n < length. K/V get `slots` slots
+    (default `length`; fewer lets a decoding loop start small and `grow_sample_cache`
+    later, so early steps do not read empty slots): k `[B, KVH, group, D, slots]`,
+    v `[B, KVH, group, slots, D]` per layer, zeros.
+    """
+    slots = length if slots is None else slots
+    lead = (prefix.mask.shape[0], config.num_kv_heads, group)
+    d, dtype = config.head_dim, config.compute_dtype
+    cos, sin = rope_tables(prefix.lengths[:, None] + jnp.arange(length), d, config.rope_theta)
     return SampleCache(
-        k=tuple(jnp.zeros(lead + (d, length), dtype) for _ in range(config.num_layers)),
-        v=tuple(jnp.zeros(lead + (length, d), dtype) for _ in range(config.num_layers)))
+        k=tuple(jnp.zeros(lead + (d, slots), dtype) for _ in range(config.num_layers)),
+        v=tuple(jnp.zeros(lead + (slots, d), dtype) for _ in range(config.num_layers)),
+        cos=cos, sin=sin)
+
+
+def grow_sample_cache(cache: SampleCache, slots: int) -> SampleCache:
+    """The cache with K/V zero-padded to `slots` slots (<= the RoPE table length)."""
+    extra = slots - cache.k[0].shape[-1]
+    if extra < 0 or slots > cache.cos.shape[1]:
+        raise ValueError(f"cannot grow a {cache.k[0].shape[-1]}-slot cache to {slots} slots "
+                         f"(RoPE tables cover {cache.cos.shape[1]})")
+    pad_k = [(0, 0)] * 4 + [(0, extra)]
+    pad_v = [(0, 0)] * 3 + [(0, extra), (0, 0)]
+    return cache.replace(k=tuple(jnp.pad(k, pad_k) for k in cache.k),
+                         v=tuple(jnp.pad(v, pad_v) for v in cache.v))
+
+
+def output_kernel(config: ModelConfig, params: Params) -> jax.Array:
+    """The output projection as `[E, V]` in the compute dtype (the embedding transposed when
+    tied). Decoding loops compute it once: XLA:CPU multiplies by an `[E, V]` operand
+    faster than by the `[V, E]` embedding, which it would transpose on every step."""
+    if config.tie_embeddings:
+        return params["params"]["embed"]["embedding"].T.astype(config.compute_dtype)
+    return params["params"]["lm_head"]["kernel"].astype(config.compute_dtype)
 
 
 def decode_step_impl(config: ModelConfig, params: Params, tokens: jax.Array, step: jax.Array,
-                     prefix: PrefixCache, cache: SampleCache) -> tuple[jax.Array, SampleCache]:
-    """Unjitted `decode_step`, for callers that are already inside a jit (the sampler)."""
-    group = tokens.shape[1]
-    positions = jnp.broadcast_to((prefix.lengths + step)[:, None], (tokens.shape[0], group))
+                     prefix: PrefixCache, cache: SampleCache,
+                     kernel: jax.Array | None = None) -> tuple[jax.Array, SampleCache]:
+    """Unjitted `decode_step`, for callers that are already inside a jit (the sampler).
+
+    kernel: `output_kernel(config, params)`, which a decoding loop should compute once,
+    outside the loop (None: computed here).
+    """
+    b = tokens.shape[0]
+    rope = tuple(jax.lax.dynamic_slice_in_dim(table, step, 1, axis=1).reshape(b, 1, 1, -1)
+                 for table in (cache.cos, cache.sin))
     attends = tuple(
         functools.partial(_shared_prefix_attend, prefix_k=pk, prefix_v=pv,
                           prefix_mask=prefix.mask, cache_k=ck, cache_v=cv, step=step)
         for pk, pv, ck, cv in zip(prefix.k, prefix.v, cache.k, cache.v, strict=True))
-    hidden, kept = _module(config).apply(params, tokens, positions, attends)
-    new_cache = SampleCache(k=tuple(k for k, _ in kept), v=tuple(v for _, v in kept))
-    return logits_from_hidden(config, params, hidden), new_cache
+    hidden, kept = _module(config).apply(params, tokens, rope, attends)
+    if kernel is None:
+        kernel = output_kernel(config, params)
+    logits = jnp.einsum("bge,ev->bgv", hidden, kernel, preferred_element_type=jnp.float32)
+    new_cache = cache.replace(k=tuple(k for k, _ in kept), v=tuple(v for _, v in kept))
+    return logits, new_cache
 
 
 @functools.partial(jax.jit, static_argnames="config", donate_argnames="cache")
@@ -564,7 +651,7 @@ def decode_step(config: ModelConfig, params: Params, tokens: jax.Array, step: ja
 
     tokens `[B, G]` int32: the token generated at step `step` (scalar int32) for each of G
     samples of each prompt; it sits at position `prefix.lengths + step` and its K/V go to
-    slot `step` of `cache` (`[B, G, KVH, N, D]` per layer, so step < N). It attends to the
+    slot `step` of `cache` (N slots, see `SampleCache`; step < N). It attends to the
     real prompt tokens of `prefix` (shared by the G samples) and to cache slots 0..step.
     `cache` is donated: its buffers are updated in place and must not be reused.
     """

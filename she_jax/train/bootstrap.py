@@ -31,6 +31,8 @@ def model_config_section(preset: str = "tiny") -> ml_collections.ConfigDict:
     c.hf_path = ""  # a local Hugging Face model directory to start from (overrides preset)
     c.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
     c.vocab_size = 4096  # from-scratch models: SentencePiece vocab trained to this size
+    # From-scratch models: ModelConfig fields replacing the preset's, e.g. {'num_layers': 6}.
+    c.overrides = ml_collections.ConfigDict()
     return c
 
 
@@ -87,7 +89,9 @@ def init_model(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Token
         model_config, params = load_run_model(init_dir(config), config.model.dtype)
     else:
         model_config = transformer.ModelConfig.preset(
-            config.model.preset, vocab_size=tokenizer.vocab_size, dtype=config.model.dtype)
+            config.model.preset, **{**dict(config.model.overrides),
+                                    "vocab_size": tokenizer.vocab_size,
+                                    "dtype": config.model.dtype})
         params = transformer.init_params(model_config, rng)
     tokenizer.check_model_vocab(model_config.vocab_size)
     return model_config, params

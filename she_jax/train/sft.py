@@ -28,16 +28,21 @@ def sft_section() -> ml_collections.ConfigDict:
     c.order = "answer_first"  # CoT order of the target: 'answer_first' | 'think_first'
     c.train_split = "sft"  # the split trained on
     c.buckets = (96, 128, 160)  # padded sequence lengths (one compiled step per bucket)
+    # Loss weight of the label token relative to a CoT token (1.0 = plain token-mean SFT).
+    # The label is one token among ~50 of CoT; answer-first puts the whole decision on it.
+    c.label_weight = 1.0
     return c
 
 
-def sft_loss_fn(model_config: transformer.ModelConfig, label_ids: tuple[int, ...]):
+def sft_loss_fn(model_config: transformer.ModelConfig, label_ids: tuple[int, ...],
+                label_weight: float = 1.0):
     """loss_fn(params, batch, rng) -> (loss_sum, aux) for `loop.make_train_step`.
 
     batch: tokens [B, T] int32, loss_mask [B, T] bool (True where tokens[t] is a target
     token, predicted from position t - 1), attention_mask [B, T] bool.
-    Token-mean over the whole batch: loss_sum = sum of target-token NLLs, normalizer = the
-    number of target tokens. aux adds token accuracy and accuracy on label tokens.
+    Weighted token-mean over the whole batch: each target token has weight 1, a label
+    token `label_weight`; loss_sum = sum of weight * NLL, normalizer = sum of weights.
+    aux adds token accuracy, and accuracy and NLL on label tokens.
     """
     label_ids_arr = jnp.asarray(label_ids, jnp.int32)
 
@@ -53,12 +58,14 @@ def sft_loss_fn(model_config: transformer.ModelConfig, label_ids: tuple[int, ...
         nll = log_z - target_logit
         correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
         is_label = jnp.any(targets[..., None] == label_ids_arr, axis=-1).astype(jnp.float32) * mask
+        weight = mask + (label_weight - 1.0) * is_label
         aux = {
-            "normalizer": mask.sum(),
-            "token_accuracy": (correct * mask).sum(),
+            "normalizer": weight.sum(),
+            "token_accuracy": ((correct * mask).sum(), mask.sum()),
             "label_accuracy": ((correct * is_label).sum(), is_label.sum()),
+            "label_nll": ((nll * is_label).sum(), is_label.sum()),
         }
-        return (nll * mask).sum(), aux
+        return (nll * weight).sum(), aux
 
     return loss_fn
 
@@ -105,7 +112,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tx, lr_fn = optim.make_optimizer(config.optimizer)
     state = create_train_state(params, tx, jax.random.PRNGKey(config.seed + 1))
     step_fn = loop.make_train_step(
-        sft_loss_fn(model_config, tokenizer.label_ids), tx, config.batch.accum_steps,
+        sft_loss_fn(model_config, tokenizer.label_ids, config.sft.label_weight), tx, config.batch.accum_steps,
         mesh=mesh, rules=rules, state_sharding=state_sharding(state),
         learning_rate_fn=lr_fn)
     state = loop.train_loop(

@@ -1,0 +1,115 @@
+"""SFT: the loss on hand-computed cases, and the real trainer end to end at a tiny size."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import registry, sft as sft_config
+from she_jax.eval import evaluate, report
+from she_jax.models import transformer
+from she_jax.train import bootstrap, metrics as metrics_lib
+from she_jax.train.sft import sft_loss_fn
+
+
+def _tiny_model(vocab=16):
+    return transformer.ModelConfig(vocab_size=vocab, hidden_size=16, num_layers=1, num_heads=2,
+                                   num_kv_heads=1, head_dim=8, mlp_dim=32)
+
+
+def test_sft_loss_is_masked_weighted_token_mean():
+    config = _tiny_model()
+    params = transformer.init_params(config, jax.random.PRNGKey(0))
+    tokens = jnp.array([[3, 4, 9, 5, 6, 0], [7, 9, 8, 5, 2, 1]], jnp.int32)
+    attention = jnp.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]], bool)
+    loss_mask = jnp.array([[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, 1, 1]], bool)
+    label_ids = (9, 10, 11, 12)
+    batch = {"tokens": tokens, "attention_mask": attention, "loss_mask": loss_mask}
+
+    logits = transformer.forward(config, params, tokens[:, :-1], attention[:, :-1])
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -np.take_along_axis(np.asarray(logp), np.asarray(tokens[:, 1:, None]), -1)[..., 0]
+    mask = np.asarray(loss_mask[:, 1:], np.float32)
+    is_label = np.isin(np.asarray(tokens[:, 1:]), label_ids) * mask  # one label token per row
+
+    for weight in (1.0, 4.0):
+        loss_sum, aux = sft_loss_fn(config, label_ids, weight)(params, batch, None)
+        w = mask + (weight - 1.0) * is_label
+        np.testing.assert_allclose(float(loss_sum), (nll * w).sum(), rtol=1e-5)
+        np.testing.assert_allclose(float(aux["normalizer"]), w.sum(), rtol=1e-6)
+        label_nll_sum, label_count = aux["label_nll"]
+        assert float(label_count) == 2.0
+        np.testing.assert_allclose(float(label_nll_sum), (nll * is_label).sum(), rtol=1e-5)
+
+
+def _tiny_sft_config(order="answer_first"):
+    config = sft_config.get_config("tiny")
+    config.data.world_overrides = {"sft_size": 320, "rl_size": 64, "dev_size": 32,
+                                   "test_size": 24}
+    config.model.vocab_size = 1024
+    config.model.overrides = {"num_layers": 2, "hidden_size": 64, "mlp_dim": 128}
+    config.sft.buckets = (160,)  # one compiled train step
+    config.optimizer.total_steps = 6
+    config.optimizer.warmup_steps = 2
+    config.batch.batch_size = 8
+    config.log_every = 2
+    config.checkpoint.every = 3
+    config.sft.order = order
+    config.eval.splits = ("test_head", "test_negation")
+    config.eval.max_examples = 12
+    config.eval.batch_size = 8
+    config.eval.max_new_tokens = 32
+    return config
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHE_JAX_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("order", ["answer_first", "think_first"])
+def test_sft_end_to_end_writes_the_run_directory(tmp_path, order):
+    workdir = str(tmp_path / "run")
+    config = _tiny_sft_config(order)
+    eval_dict = registry.run_config(config, workdir)
+
+    for name in ("config.json", "metrics.jsonl", "eval.json", "predictions.jsonl",
+                 "samples.jsonl", "tb", "checkpoints", "model", "tokenizer", "plots"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    rows = metrics_lib.read_metrics(workdir)
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"]  # it learns something in 6 steps
+
+    on_disk = report.read_eval_json(os.path.join(workdir, "eval.json"))
+    assert set(on_disk["splits"]) == {"test_head", "test_negation"}
+    head = on_disk["splits"]["test_head"]
+    assert head["n"] == 12 and 0.0 <= head["accuracy"] <= 1.0
+    assert set(head["step_accuracy"]) >= {"query", "item", "all_steps"}
+    assert eval_dict["meta"]["order"] == order
+    predictions = evaluate.read_predictions(workdir)
+    assert len(predictions["test_head"]) == 12
+    for row in predictions["test_head"].values():
+        assert abs(sum(row["probs"]) - 1.0) < 1e-4
+        if order == "answer_first":  # the serving form: argmax of the prefill label softmax
+            assert row["pred"] == int(np.argmax(row["probs"]))
+
+    # The exported model/ reloads with the run's architecture and holds trained weights.
+    model_config, params = bootstrap.load_run_model(workdir)
+    tokenizer = bootstrap.get_tokenizer(config, workdir, {})
+    assert model_config.vocab_size == tokenizer.vocab_size == 1024
+    assert model_config.num_layers == 2
+    initial = transformer.init_params(model_config, jax.random.PRNGKey(config.seed))
+    assert jax.tree.structure(params) == jax.tree.structure(initial)
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(params),
+                                                     jax.tree.leaves(initial)))
+
+    if order == "answer_first":  # the same command again, with more steps: resumes at 6
+        config.optimizer.total_steps = 8
+        registry.run_config(config, workdir)
+        assert [r["step"] for r in metrics_lib.read_metrics(workdir)] == [2, 4, 6, 8]
+        with open(os.path.join(workdir, "config.json")) as f:
+            assert json.load(f)["optimizer"]["total_steps"] == 8
