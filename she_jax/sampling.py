@@ -2,16 +2,19 @@
 
 `Sampler(model_config, SamplingConfig(...))(params, prompts, rng, num_samples=G,
 max_new_tokens=N)` draws G samples for each of B prompts. Everything after the host-side
-checks runs in ONE jit: the prompts are prefilled once (batch B, not B*G), then a
-`lax.while_loop` decodes all B*G samples in lockstep. The prompt K/V are shared by the G
-samples of a prompt (`transformer.PrefixCache`, `[B, KVH, P, D]` per layer); only the
-generated tokens get per-sample K/V (`transformer.SampleCache`, `[B, G, KVH, N, D]`), which
-is a while-loop carry and so updated in place. The loop stops early once every sample has
+checks runs in ONE jit: the prompts are prefilled once (batch B, not B*G), then
+`lax.while_loop`s decode all B*G samples in lockstep. The prompt K/V are shared by the G
+samples of a prompt (`transformer.PrefixCache`, `[B, KVH, P, D]` per layer): a decode step
+scores each sample's query against the shared prefix and against its own K/V
+(`transformer.SampleCache`, `[B, KVH, G, N, D]`) under one softmax, so nothing is copied G
+times. The sample cache is a while-loop carry, updated in place; it grows in up to four
+phases so early steps do not read empty slots. The loop stops early once every sample has
 emitted EOS (unless `stop_at_eos=False`).
 
 Shapes are padded to buckets (`bucket_length`) so a new prompt length or a new
-`max_new_tokens` within the same bucket reuses the compiled program; `TRACE_COUNTS`
-counts traces (= compilations) of the jitted functions so tests and benchmarks can check it.
+`max_new_tokens` within the same bucket reuses the compiled program, as do new numeric
+settings (temperature, EOS id, ...: see `SamplingConfig`). `TRACE_COUNTS` counts traces
+(= compilations) of the jitted functions so tests and benchmarks can check it.
 
 Two log-probabilities are returned for every generated token:
   * `logprobs`: under the *processed* distribution the token was drawn from (temperature,
@@ -20,6 +23,10 @@ Two log-probabilities are returned for every generated token:
   * `policy_logprobs`: under the *raw policy*: log_softmax of the model's logits at
     temperature 1 with nothing truncated. This is what RL losses (importance ratios, KL)
     need.
+
+Sampling draws one uniform number per token and inverts the CDF (`_inverse_cdf`) instead
+of adding Gumbel noise to every vocabulary entry: on CPU, generating V random numbers per
+token cost more than the rest of the step.
 """
 
 from __future__ import annotations

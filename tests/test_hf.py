@@ -38,8 +38,9 @@ def _she_config(family: str, tie: bool) -> ModelConfig:
 
 
 def _perturb(name: str, value):
-    """A random value for a tensor whose (HF or she_jax) name ends in `name`: norm scales
-    around 1, biases and weights around 0, all far from init so every tensor matters."""
+    """Standard-normal `value` rescaled for the tensor called `name` (HF or she_jax path):
+    norm scales around 1, biases and weights around 0, far enough from their initial
+    values (ones, zeros, std 0.02) that a mix-up of any two tensors changes the logits."""
     if name.endswith("bias"):
         return 0.3 * value
     if name.endswith(("norm.weight", "scale")):
@@ -54,8 +55,7 @@ def _hf_model(family: str, tie: bool, seed: int = 0):
                         num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
                         head_dim=HEAD_DIM[family], intermediate_size=MLP, rope_theta=5000.0,
                         rms_norm_eps=1e-6, tie_word_embeddings=tie,
-                        max_position_embeddings=MAX_SEQ_LEN)
-    config._attn_implementation = "eager"
+                        max_position_embeddings=MAX_SEQ_LEN, attn_implementation="eager")
     torch.manual_seed(seed)
     model = model_cls(config).eval()
     with torch.no_grad():
@@ -118,6 +118,16 @@ def test_load_hf_logits_match_transformers(tmp_path, family, tie):
     tokens, mask = _batch(seed=1)
     _assert_logits_close(forward(config, params, tokens, mask),
                          _hf_logits(model, tokens, mask), mask)
+
+
+def test_load_hf_reads_a_transformers_sharded_checkpoint(tmp_path):
+    model = _hf_model("qwen3", tie=False)
+    model.save_pretrained(tmp_path / "single")
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    assert (tmp_path / "sharded" / hf.INDEX_FILE).exists()
+    single_config, single = hf.load_hf(str(tmp_path / "single"))
+    sharded_config, sharded = hf.load_hf(str(tmp_path / "sharded"))
+    assert sharded_config == single_config and _trees_equal(sharded, single)
 
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama"])

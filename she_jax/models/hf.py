@@ -124,10 +124,10 @@ def tensor_layout(config: ModelConfig) -> list[_Tensor]:
 
 
 def config_from_hf(hf_config: Mapping[str, Any], source: str = CONFIG_FILE,
-                   dtype: str = "float32") -> ModelConfig:
+                   compute_dtype: str = "float32") -> ModelConfig:
     """Builds a ModelConfig from a parsed HF `config.json`; raises on anything unsupported.
 
-    `source` names the file in error messages; `dtype` is the compute dtype to set.
+    `source` names the file in error messages; `compute_dtype` becomes ModelConfig.dtype.
     """
     def fail(message: str) -> CheckpointError:
         return CheckpointError(f"{source}: {message}")
@@ -175,7 +175,7 @@ def config_from_hf(hf_config: Mapping[str, Any], source: str = CONFIG_FILE,
         qk_norm=qk_norm,
         # transformers' PreTrainedConfig defaults tie_word_embeddings to true.
         tie_embeddings=bool(hf_config.get("tie_word_embeddings", True)),
-        dtype=dtype,
+        dtype=compute_dtype,
         family=family,
         max_seq_len=hf_config.get("max_position_embeddings", 2048),
     )
@@ -202,7 +202,12 @@ def _rope_theta(hf_config: Mapping[str, Any], fail: Callable[[str], CheckpointEr
 
 
 def config_to_hf(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
-    """The `config.json` dict from which transformers (4.x and 5.x) rebuilds `config`."""
+    """The `config.json` dict from which transformers (4.x and 5.x) rebuilds `config`.
+
+    `dtype` is the stored weight dtype it declares: 'float32' | 'bfloat16' | 'float16'.
+    """
+    if dtype not in SAVE_DTYPES:
+        raise ValueError(f"dtype {dtype!r} is unsupported; choose one of {sorted(SAVE_DTYPES)}")
     if config.family not in _FAMILY_TO_ARCHITECTURE:
         raise ValueError(f"family {config.family!r} has no HF architecture; "
                          f"supported: {sorted(_FAMILY_TO_ARCHITECTURE)}")
@@ -310,12 +315,13 @@ def _remove_old_weights(path: str) -> None:
 # ------------------------------------------------------------------------------ public API
 
 
-def load_hf(path: str, dtype: str = "float32") -> tuple[ModelConfig, dict]:
+def load_hf(path: str, compute_dtype: str = "float32") -> tuple[ModelConfig, dict]:
     """Loads a local HF checkpoint directory (safetensors only; any stored dtype).
 
     Args:
       path: directory with config.json and model.safetensors or a sharded index.
-      dtype: compute dtype of the returned ModelConfig; params are always float32.
+      compute_dtype: ModelConfig.dtype of the result; params are float32 whatever the
+        checkpoint stores (bfloat16/float16 are widened exactly).
     Returns:
       (config, params), params = {'params': {...}} as in she_jax.models.transformer.
     Raises:
@@ -329,7 +335,7 @@ def load_hf(path: str, dtype: str = "float32") -> tuple[ModelConfig, dict]:
             hf_config = json.load(f)
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{config_path}: invalid JSON ({e})") from e
-    config = config_from_hf(hf_config, config_path, dtype)
+    config = config_from_hf(hf_config, config_path, compute_dtype)
     files, source = _tensor_files(path)
     layout = tensor_layout(config)
     expected = {t.hf_name for t in layout}
@@ -384,8 +390,6 @@ def save_hf(config: ModelConfig, params: Mapping, path: str, dtype: str = "float
       dtype: stored dtype, 'float32' | 'bfloat16' | 'float16'.
       max_shard_bytes: above this total size, weights go to shards plus an index.
     """
-    if dtype not in SAVE_DTYPES:
-        raise ValueError(f"dtype {dtype!r} is unsupported; choose one of {sorted(SAVE_DTYPES)}")
     hf_config = config_to_hf(config, dtype)
     if "params" not in params:
         raise ValueError(f"params must be {{'params': ...}}; got top-level keys {sorted(params)}")

@@ -13,11 +13,13 @@ prompt, N sample-cache length.
 Three ways to run the decoder, all sharing the same layers:
   * `forward` / `hidden_states`: full causal pass with a padding mask.
   * `prefill`: the same pass over a prompt, keeping each layer's keys/values as a
-    `PrefixCache` (`[B, KVH, P, D]` per layer) and returning only the last real token's logits.
+    `PrefixCache` (~`[B, KVH, P, D]` per layer) and returning only the last real token's
+    logits.
   * `decode_step`: one new token for each of G samples per prompt. The prompt's K/V are
     *shared* by the G samples (never copied G times); each sample's own K/V go to a
-    `SampleCache` (`[B, KVH, G, N, D]` per layer). Scores against the prefix and against
-    the sample's own cache share one softmax.
+    `SampleCache` (~`[B, KVH, G, N, D]` per layer). Scores against the prefix and against
+    the sample's own cache share one softmax. Keys are stored transposed (`[..., D, P]`),
+    see `prefill`.
 
 Positions are `cumsum(mask) - 1`, so left padding gives the logits of the unpadded sequence.
 """
@@ -204,8 +206,8 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param("scale", nn.with_logical_partitioning(_initializer("scale"), (self.axis,)),
-                           (x.shape[-1],), jnp.float32)
+        init = nn.with_logical_partitioning(_initializer("scale"), (self.axis,))
+        scale = self.param("scale", init, (x.shape[-1],), jnp.float32)
         return rms_norm(x, scale, self.eps)
 
 
@@ -509,8 +511,8 @@ def _hidden_states(config: ModelConfig, params: Params, tokens: jax.Array,
                    attention_mask: jax.Array | None) -> jax.Array:
     mask = _normalize_mask(tokens, attention_mask)
     attend = functools.partial(_kept_nothing, mask=mask)
-    hidden, _ = _module(config).apply(params, tokens, _rope_for(config, positions_from_mask(mask)),
-                                      (attend,) * config.num_layers)
+    rope = _rope_for(config, positions_from_mask(mask))
+    hidden, _ = _module(config).apply(params, tokens, rope, (attend,) * config.num_layers)
     return hidden
 
 
