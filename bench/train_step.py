@@ -31,8 +31,8 @@ skipped). `mfu_fraction` = achieved FLOP/s / the matmul probe's median FLOP/s.
 
 Prints one JSON line per config: bench, config, ours, peer, unit ('tokens/s'), ratio (ours /
 peer, > 1 is better), mfu_fraction, and the timings behind them.
-Expected runtime on 2 CPU cores with the defaults: about 1 minute for tiny and 8 for small
-(one small step takes tens of seconds on each side).
+Expected runtime on 2 (shared) CPU cores with the defaults: about 2 minutes for tiny and
+12-15 for small, where one step takes 70-110 s on each side; `--batch=16` is ~4x quicker.
 """
 
 from __future__ import annotations

@@ -382,7 +382,8 @@ class Sampler:
         tokens, any padding side). rng: a PRNG key; the same key gives the same samples
         whether or not the prefix is shared. Returns a `SampleOutput` (`[B, G, N]`,
         N = max_new_tokens). Raises ValueError for an empty or too long prompt (prompt +
-        max_new_tokens > max_seq_len) or an out-of-range id, naming the prompt.
+        max_new_tokens > max_seq_len) or an out-of-range id, naming the prompt, and
+        FloatingPointError if the model produced NaN/inf. Blocks until the samples are ready.
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -406,6 +407,9 @@ class Sampler:
         out = _generate(program, params, tokens, mask, rng, np.int32(max_new_tokens), knobs,
                         num_samples=num_samples,
                         output_len=bucket_length(max_new_tokens, self.sampling.length_bucket))
+        if not np.isfinite(np.asarray(out.policy_logprobs)).all():
+            raise FloatingPointError("the sampler produced non-finite log-probabilities: the "
+                                     "params or the model's logits contain NaN/inf")
         if out.tokens.shape[-1] == max_new_tokens:
             return out
         return SampleOutput(tokens=out.tokens[:, :, :max_new_tokens],
@@ -439,7 +443,11 @@ def _checked_label_scores(config: ModelConfig, params: Params, tokens: Any, mask
                          f"[0, {config.vocab_size})")
     tokens, mask = pad_prompts(tokens, mask, config.vocab_size, config.max_seq_len,
                                length_bucket)
-    return _label_scores(config, params, tokens, mask, label_ids)
+    probs, logprobs = _label_scores(config, params, tokens, mask, label_ids)
+    if not np.isfinite(np.asarray(logprobs)).all():
+        raise FloatingPointError("label scores are not finite: the params or the model's "
+                                 "logits contain NaN/inf")
+    return probs, logprobs
 
 
 def score_labels(config: ModelConfig, params: Params, tokens: Any, mask: Any,

@@ -222,6 +222,9 @@ def test_bad_prompts_raise_clear_errors(params):
             params, [[1]], jax.random.key(0), max_new_tokens=5)
     with pytest.raises(ValueError, match="top_p"):
         sampling.SamplingConfig(top_p=0.0)
+    broken = jax.tree.map(lambda leaf: leaf * jnp.nan, params)
+    with pytest.raises(FloatingPointError, match="NaN"):
+        sampler(broken, PROMPTS, jax.random.key(0), num_samples=G, max_new_tokens=N)
 
 
 def test_prompt_mask_input_equals_ragged_lists(params):
