@@ -46,3 +46,33 @@ def base_config(name: str, trainer: str, arg: str | None) -> ml_collections.Conf
         c.mesh.fsdp = -1
         c.distributed.enabled = True
     return c
+
+
+def rl_config(name: str, trainer: str, arg: str | None) -> ml_collections.ConfigDict:
+    """The RL configs' shared part: start from SFT, the `rl` section, the outcome reward."""
+    from she_jax.rewards.outcome import outcome_config
+    from she_jax.train.rl import rl_section
+
+    c = base_config(name, trainer, arg)
+    c.init_from = "sft"
+    c.rl = rl_section()
+    c.reward = outcome_config()
+    c.optimizer.lr = 2e-4
+    c.optimizer.warmup_steps = 5
+    c.optimizer.total_steps = 60  # optimizer updates = rollout batches * mu * minibatches
+    c.optimizer.weight_decay = 0.0
+    c.log_every = 1
+    c.checkpoint.every = 20
+    c.eval.max_examples = 0
+    if c.variant in ("small", "pod"):
+        c.optimizer.lr = 5e-5
+        c.optimizer.total_steps = 200
+        c.rl.prompts_per_step = 16
+    if c.variant == "qwen":
+        c.optimizer.lr = 1e-6
+        c.optimizer.total_steps = 300
+        c.rl.group_size = 16
+        c.rl.top_k = 100
+        c.rl.max_new_tokens = 192
+        c.model.dtype = "bfloat16"
+    return c

@@ -16,6 +16,11 @@ import ml_collections
 # only pays for the trainer it uses.
 TRAINERS: dict[str, str] = {
     "sft": "she_jax.train.sft",
+    "dpo": "she_jax.train.dpo",
+    "grpo": "she_jax.train.grpo",
+    "srpo": "she_jax.train.srpo",
+    "agrl": "she_jax.train.agrl",
+    "genrm": "she_jax.train.genrm",
 }
 
 EXPERIMENTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -43,22 +48,54 @@ def is_finished(workdir: str) -> bool:
     return os.path.exists(os.path.join(workdir, "eval.json"))
 
 
-def build_prerequisites(config: ml_collections.ConfigDict) -> None:
-    """Builds config.init_from (and its own prerequisites) when not already finished."""
-    prerequisite = config.get("init_from", None)
-    if not prerequisite:
-        return
-    parent = load_config(prerequisite, config.get("variant", None))
+def _build(name: str, variant: str | None) -> str:
+    """Builds experiments/<name>.py (and its prerequisites) unless finished; its workdir."""
+    parent = load_config(name, variant)
     parent_workdir = default_workdir(parent)
     if is_finished(parent_workdir):
-        logging.info("prerequisite %s found in %s", prerequisite, parent_workdir)
+        logging.info("prerequisite %s found in %s", name, parent_workdir)
     else:
-        logging.info("building prerequisite %s into %s", prerequisite, parent_workdir)
+        logging.info("building prerequisite %s into %s", name, parent_workdir)
         build_prerequisites(parent)
         run_config(parent, parent_workdir)
-    if not config.get("init_dir"):
-        with config.unlocked():
-            config.init_dir = parent_workdir
+    return parent_workdir
+
+
+def _set_dotted(config: ml_collections.ConfigDict, key: str, value: str) -> None:
+    *path, last = key.split(".")
+    section = config
+    for part in path:
+        if part not in section:
+            raise KeyError(f"config.prerequisites names config.{key}, but config has no "
+                           f"section {part!r}")
+        section = section[part]
+    with section.unlocked():
+        section[last] = value
+
+
+def build_prerequisites(config: ml_collections.ConfigDict) -> None:
+    """Builds what a config starts from, when not already finished.
+
+    config.init_from: the run whose model (and tokenizer) this one starts from; its
+      directory fills config.init_dir.
+    config.prerequisites: {config name: dotted key} of further runs this one reads (e.g.
+      the reward model: {'genrm': 'srpo.genrm_dir'}); each directory fills its key, unless
+      the key is already set.
+    """
+    variant = config.get("variant", None)
+    prerequisite = config.get("init_from", None)
+    if prerequisite:
+        parent_workdir = _build(prerequisite, variant)
+        if not config.get("init_dir"):
+            with config.unlocked():
+                config.init_dir = parent_workdir
+    for name, key in (config.get("prerequisites", None) or {}).items():
+        section, value = config, None
+        for part in key.split("."):
+            section = section.get(part, None) if section is not None else None
+        if section:  # already given on the command line
+            continue
+        _set_dotted(config, key, _build(name, variant))
 
 
 def trainer_module(name: str) -> Any:

@@ -35,6 +35,8 @@ def lm_loss(params, batch, rng):
         "normalizer": jnp.sum(mask),
         "accuracy": jnp.sum(correct),  # per-token mean
         "tokens_per_seq": (jnp.sum(mask), jnp.float32(mask.shape[0])),  # own count
+        "seq_tokens_max": jnp.max(jnp.sum(mask, axis=1)),  # extremes: max/min, not sums
+        "seq_tokens_min": jnp.min(jnp.sum(mask, axis=1)),
     }
 
 
@@ -123,6 +125,16 @@ def test_sharded_step_matches_one_device(mesh_sizes, accum_steps):
     assert_close(params, params_ref, atol=1e-5)
     for m, m_ref in zip(history, history_ref):
         assert m["loss"] == pytest.approx(m_ref["loss"], abs=1e-5)
+        assert m["seq_tokens_max"] == m_ref["seq_tokens_max"]
+        assert m["seq_tokens_min"] == m_ref["seq_tokens_min"]
+
+
+@pytest.mark.parametrize("accum_steps", [1, 2, 4])
+def test_extreme_metrics_reduce_by_max_and_min_over_micro_batches(accum_steps):
+    _, history = run_lm_steps(None, accum_steps, steps=1)
+    per_row = lm_batch(0)["mask"][:, 1:].sum(axis=1)
+    assert history[0]["seq_tokens_max"] == per_row.max()
+    assert history[0]["seq_tokens_min"] == per_row.min()
 
 
 def test_loss_contract_errors():
@@ -313,3 +325,41 @@ def test_data_running_out_is_an_error(tmp_path):
     with pytest.raises(RuntimeError, match="data ran out after 2 batches, at step 2 of 4"):
         loop.train_loop(train_step=step, state=state, data=iter([toy_batch(0), toy_batch(1)]),
                         workdir=str(tmp_path), total_steps=4, progress=False)
+
+
+class _ModelDependentData(loop.IndexedBatches):
+    """Data that, like RL rollouts, reads the current params and reports its own metrics."""
+
+    def __init__(self):
+        super().__init__(toy_batch)
+        self.seen_steps = []
+        self.pending = {}
+
+    def observe_state(self, state):
+        self.seen_steps.append(int(state.step))
+        self.pending["rollout/param_sum"] = float(jnp.sum(state.params["w"]))
+
+    def __next__(self):
+        batch = super().__next__()
+        self.pending["rollout/index"] = float(self.index)
+        return batch
+
+    def pop_metrics(self):
+        out, self.pending = self.pending, {}
+        return out
+
+
+def test_data_hooks_see_each_state_and_log_their_metrics(tmp_path):
+    tx, step = toy_setup()
+    state = create_train_state({"w": jnp.zeros((3, 2)), "b": jnp.zeros((2,))}, tx,
+                               jax.random.PRNGKey(0))
+    data = _ModelDependentData()
+    final = loop.train_loop(train_step=step, state=state, data=data, workdir=str(tmp_path),
+                            total_steps=3, log_every=2, progress=False)
+    assert data.seen_steps == [0, 1, 2, 3]  # the initial state, then after every step
+    records = metrics.read_metrics(str(tmp_path))
+    # Data metrics are written at every step, even between log steps.
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert [r["rollout/index"] for r in records] == [1.0, 2.0, 3.0]
+    assert records[-1]["rollout/param_sum"] == pytest.approx(
+        float(jnp.sum(jax.device_get(final.params)["w"])))

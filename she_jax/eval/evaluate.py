@@ -164,7 +164,15 @@ def write_predictions(workdir: str, raw: Mapping[str, Mapping], num_samples: int
                     "split": split, "id": record["id"], "label": int(pred["y_true"][i]),
                     "pred": int(pred["y_pred"][i]),
                     "probs": [round(float(p), 6) for p in pred["probs"][i]]}) + "\n")
-    with open(os.path.join(workdir, SAMPLES_FILE), "w") as f:
+    # Training rollouts logged by an RL run (lines with a 'step') stay; eval lines replace
+    # those of an earlier evaluation.
+    samples_path = os.path.join(workdir, SAMPLES_FILE)
+    kept = []
+    if os.path.exists(samples_path):
+        with open(samples_path) as f:
+            kept = [line for line in f if line.strip() and "step" in json.loads(line)]
+    with open(samples_path, "w") as f:
+        f.writelines(kept)
         for split, pred in raw.items():
             for i, record in enumerate(pred["records"][:num_samples]):
                 f.write(json.dumps({

@@ -9,6 +9,7 @@ load those, and so can transformers, with no she_jax code.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from typing import Any
@@ -106,3 +107,17 @@ def export_model(workdir: str, model_config: transformer.ModelConfig, params: An
 
 def load_data(config: ml_collections.ConfigDict) -> dict[str, list[dict]]:
     return sources.load_splits(config.data)
+
+
+def run_order(run_dir: str) -> str:
+    """The CoT order ('think_first' | 'answer_first') a finished policy run was trained with,
+    as its eval.json records it (meta.order)."""
+    path = os.path.join(run_dir, "eval.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a finished run")
+    with open(path) as f:
+        meta = json.load(f).get("meta", {})
+    if meta.get("order") not in ("think_first", "answer_first"):
+        raise ValueError(f"{path}: meta.order is {meta.get('order')!r}; cannot tell the CoT "
+                         "order of the policy in this run")
+    return meta["order"]

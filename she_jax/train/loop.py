@@ -7,7 +7,9 @@ Loss contract. Every trainer supplies `loss_fn(params, batch, rng) -> (loss_sum,
   aux[name] = s: float []  a metric summed over `batch`, reported as a mean per unit:
       sum(s) / sum(normalizer) (e.g. correct tokens -> token accuracy);
   aux[name] = (s, n): a metric with its own count, reported as sum(s) / sum(n) (0 if
-      sum(n) == 0), e.g. (sum of rewards, number of sequences).
+      sum(n) == 0), e.g. (sum of rewards, number of sequences);
+  aux[name ending in '_max' or '_min'] = v: an extreme (e.g. ratio_max), reduced with max /
+      min over micro-batches and reported as is.
 Because every quantity is a sum, splitting the batch into micro-batches and adding their
 sums gives exactly the totals of the whole batch; the step divides once, by the global
 normalizer, so loss, gradient and metrics are those of the full-batch mean whatever
@@ -78,11 +80,24 @@ def _aux_totals(loss_sum: jax.Array, aux: dict[str, Any]) -> dict[str, Any]:
     return totals
 
 
+def _is_extreme(name: str) -> bool:
+    return name.endswith("_max") or name.endswith("_min")
+
+
+def _combine(name: str, a: Any, b: Any) -> Any:
+    """Merges the totals of two micro-batches: sums, except for '_max' / '_min' metrics."""
+    if name.endswith("_max"):
+        return jnp.maximum(a, b)
+    if name.endswith("_min"):
+        return jnp.minimum(a, b)
+    return jax.tree.map(jnp.add, a, b)
+
+
 def _means(totals: dict[str, Any]) -> dict[str, jax.Array]:
     normalizer = totals["normalizer"]
     metrics = {}
     for name, value in totals.items():
-        if name == "normalizer":
+        if name == "normalizer" or _is_extreme(name):
             metrics[name] = value
         elif isinstance(value, tuple):
             total, count = value
@@ -141,14 +156,22 @@ def make_train_step(
                     micro_batch = jax.tree.map(
                         lambda x: jax.lax.with_sharding_constraint(x, micro_batch_sharding)
                         if x.shape[0] % batch_ways == 0 else x, micro_batch)
-                out = sums(state.params, micro_batch, jax.random.fold_in(step_rng, index))
-                return jax.tree.map(jnp.add, carry, out), None
+                out_grads, out_totals = sums(state.params, micro_batch,
+                                             jax.random.fold_in(step_rng, index))
+                carry_grads, carry_totals = carry
+                return (jax.tree.map(jnp.add, carry_grads, out_grads),
+                        {k: _combine(k, carry_totals[k], v) for k, v in out_totals.items()}), None
 
             first = jax.tree.map(lambda x: x[0], micro_batches)
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                 jax.eval_shape(sums, state.params, first, step_rng))
+            shapes = jax.eval_shape(sums, state.params, first, step_rng)
+            init_grads = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[0])
+            init_totals = {
+                k: jax.tree.map(lambda s, k=k: jnp.full(
+                    s.shape, -jnp.inf if k.endswith("_max") else
+                    jnp.inf if k.endswith("_min") else 0, s.dtype), v)
+                for k, v in shapes[1].items()}
             (grads, totals), _ = jax.lax.scan(
-                micro_step, zeros, (micro_batches, jnp.arange(accum_steps)))
+                micro_step, (init_grads, init_totals), (micro_batches, jnp.arange(accum_steps)))
         normalizer = totals["normalizer"]
         grads = jax.tree.map(lambda g: g / jnp.where(normalizer > 0, normalizer, 1.0), grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -280,6 +303,12 @@ def train_loop(
         (shapes, dtypes, shardings) the latest checkpoint is restored into.
       data: iterator of batches; with get_state()/set_state(position) its position is
         checkpointed and restored (JSON-serializable or bytes), giving an exact resume.
+        Two optional hooks serve data that depends on the model (RL rollouts):
+        data.observe_state(state) is called with the restored/initial state and after
+        every step, before the next `next(data)` (so rollouts use the current params,
+        and before the next step donates them); data.pop_metrics() -> {name: float} is
+        called after every step and its metrics (rollout rewards, timings) are written
+        with that step's record.
       workdir: run directory (metrics.jsonl, tb/, checkpoints/).
       total_steps: the step count to reach (counting steps done before a resume).
       log_every: write metrics every N steps (and at the last step).
@@ -305,6 +334,10 @@ def train_loop(
                             "has no get_state/set_state, so batches will not match the first run")
         logging.info("resumed from %s at step %d", checkpointer.directory, start)
     metrics_lib.truncate_metrics(workdir, start)
+    observe = getattr(data, "observe_state", None)
+    pop_data_metrics = getattr(data, "pop_metrics", None)
+    if observe is not None:
+        observe(state)
     last_saved = checkpointer.latest_step()
     step = start
     with contextlib.ExitStack() as stack:
@@ -323,7 +356,10 @@ def train_loop(
             step += 1
             window_steps += 1
             metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-            record = {}
+            if observe is not None:
+                observe(state)
+            record = dict(pop_data_metrics()) if pop_data_metrics is not None else {}
+            metrics.update(record)
             if step % log_every == 0 or step == total_steps:
                 elapsed = time.perf_counter() - window_start
                 record.update(metrics)

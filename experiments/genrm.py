@@ -1,0 +1,41 @@
+r"""The generative step reward model of SRPO (TaoSR-SHE), trainer `genrm`.
+
+  python -m experiments.run --config=experiments/genrm.py        # tiny, ~2-3 min on 2 CPU cores
+  python -m experiments.run --config=experiments/genrm.py:small  # small model + world
+
+Starts from the finished SFT run (config.init_from = 'sft'; built first into runs/sft if
+missing, ~5 min more at tiny). Trains the SFT model to write a 'yes'/'no' verdict after
+every CoT step (she_jax.rewards.genrm) on gold CoTs, CoTs with injected errors and SFT
+rollouts labelled by the offline verifier. Writes runs/genrm[_<variant>]/ (config.json,
+metrics.jsonl, tb/, checkpoints/, model/, tokenizer/, genrm_examples.jsonl,
+genrm_heldout.jsonl, plots/, genrm_eval.json = eval.json: held-out step verdict accuracy
+and ROC AUC per step and per error kind) and prints that table.
+"""
+
+from experiments.common import base_config
+from she_jax.train.genrm import genrm_section
+
+
+def get_config(arg=None):
+    c = base_config("genrm", "genrm", arg)
+    c.init_from = "sft"
+    c.genrm = genrm_section()
+    c.batch.batch_size = 16
+    c.optimizer.lr = 1e-3
+    c.optimizer.warmup_steps = 20
+    c.optimizer.total_steps = 400
+    c.optimizer.weight_decay = 0.01
+    c.log_every = 25
+    c.checkpoint.every = 200
+    if c.variant in ("small", "pod"):
+        c.optimizer.lr = 3e-4
+        c.optimizer.total_steps = 1500
+        c.batch.batch_size = 32
+    if c.variant == "qwen":
+        c.optimizer.lr = 1e-5
+        c.optimizer.total_steps = 1000
+        c.batch.batch_size = 16
+        c.batch.accum_steps = 4
+        c.genrm.buckets = (128, 192, 256)  # an HF tokenizer spends more tokens per step
+        c.genrm.max_len = 384
+    return c

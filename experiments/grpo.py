@@ -1,0 +1,17 @@
+r"""GRPO with difficulty-based dynamic sampling (TaoSR1), trainer `grpo`.
+
+  python -m experiments.run --config=experiments/grpo.py            # tiny: builds runs/sft first
+  python -m experiments.run --config=experiments/grpo.py --config.rl.advantage.scale=none \
+      --config.rl.loss.aggregation=constant                          # Dr.GRPO
+  python -m experiments.run --config=experiments/grpo.py --config.rl.filter.drop_zero_variance=False
+
+Starts from the finished SFT run (config.init_from = 'sft'); writes runs/grpo[_<variant>]/
+with metrics.jsonl (reward, accuracy, clip fraction, KL, entropy, ratios, lengths, filter
+shares, seconds per phase), samples.jsonl (decoded rollouts and rewards) and eval.json.
+"""
+
+from experiments.common import base_config, rl_config
+
+
+def get_config(arg=None):
+    return rl_config("grpo", "grpo", arg)

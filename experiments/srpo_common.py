@@ -1,0 +1,40 @@
+"""The SRPO stage configs' shared part (experiments/srpo_stage{1,2,3}.py)."""
+
+import ml_collections
+
+from experiments.common import rl_config
+from she_jax.rl.curriculum import curriculum_section
+from she_jax.train.srpo import srpo_section
+
+HEAD_TYPES = ("category", "attribute", "brand")
+ALL_TYPES = HEAD_TYPES + ("negation", "alternative", "qa", "knowledge")
+
+
+def srpo_stage_config(stage: int, arg: str | None) -> ml_collections.ConfigDict:
+    c = rl_config(f"srpo_stage{stage}", "srpo", arg)
+    c.init_from = "sft" if stage == 1 else f"srpo_stage{stage - 1}"
+    c.prerequisites = ml_collections.ConfigDict(
+        {"genrm": "srpo.genrm_dir", "sft": "curriculum.difficulty_dir"})
+    c.srpo = srpo_section()
+    c.curriculum = curriculum_section(stage)
+    # Step-level advantages with critical-step prioritization and the outcome added.
+    c.rl.advantage.mode = "per_step"
+    c.rl.advantage.critical = True
+    c.rl.advantage.outcome_weight = 1.0
+    c.rl.advantage.step_weight = 0.5
+    c.rl.loss.entropy_coef = 0.01  # entropy regularization against collapse
+    c.rl.filter.diversity_weight = 1.0  # diversified data filtering
+    c.rl.filter.type_balance = 0.5
+    c.rl.filter.label_balance = 0.5
+    if stage == 1:  # easy prompts of the common query types
+        c.curriculum.pass_rate_band = (0.5, 1.0)
+        c.curriculum.query_types = HEAD_TYPES
+    elif stage == 2:  # medium prompts, every type
+        c.curriculum.pass_rate_band = (0.25, 1.0)
+        c.curriculum.query_types = ALL_TYPES
+    else:  # the hard end: every type, low pass rates
+        c.curriculum.pass_rate_band = (0.0, 0.75)
+        c.curriculum.query_types = ALL_TYPES
+    if stage < 3:
+        c.eval.splits = ("dev",)  # intermediate stages: a quick check; stage 3 evaluates all
+    return c

@@ -1,0 +1,1 @@
+"""Rewards: outcome, offline step verifier, generative step reward model, hybrid, shaping."""

@@ -1,0 +1,433 @@
+"""The shared on-policy RL driver that GRPO, SRPO and AGRL are configurations of.
+
+One rollout batch, from the prefix-sharing group sampler:
+  1. draw a pool of prompts (class-balanced; the pool is oversampled for filtering);
+  2. sample G completions per prompt with the current policy;
+  3. score them (the trainer's `Scorer`: outcome, step-level or shaped rewards);
+  4. dynamic sampling: drop zero-variance / out-of-band groups, prefer diverse, balanced
+     ones, and keep exactly `prompts_per_step` groups (fixed shapes, no recompiles);
+  5. optionally replace rollouts of failing groups with guided ones (AGRL replay);
+  6. token advantages (sequence-level GRPO or SRPO step-level), reference log-probs when
+     the KL term is on, then `num_iterations` passes of `num_minibatches` clipped-objective
+     updates over the batch.
+Rollouts are produced by `RLFeed`, the data iterator of `loop.train_loop`: the loop hands
+it each new state (`observe_state`) so sampling uses the current params, and logs what it
+reports (`pop_metrics`). Its position — prompt sampler, rollout count, and the updates of
+the current rollout batch not yet taken — is checkpointed, so a resume is exact.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+import functools
+import io
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from she_jax import parallel, sampling
+from she_jax.data import sources
+from she_jax.eval import evaluate
+from she_jax.models import transformer
+from she_jax.rl import advantages as adv_lib
+from she_jax.rl import filtering, losses, rollout as rollout_lib
+from she_jax.rl.rollout import Rollouts
+from she_jax.train import bootstrap, loop, metrics as metrics_lib, optim
+from she_jax.train.state import create_train_state, state_sharding
+
+SAMPLES_FILE = "samples.jsonl"
+
+
+def rl_section() -> ml_collections.ConfigDict:
+    """The `rl` section shared by the RL trainers (each key documented)."""
+    c = ml_collections.ConfigDict()
+    c.train_split = "rl"  # prompts are drawn from this split
+    c.prompts_per_step = 8  # B: prompt groups per rollout batch, after filtering
+    c.group_size = 8  # G: completions sampled per prompt
+    c.max_new_tokens = 96  # completion budget (the CoT is ~50-90 tokens at tiny scale)
+    c.temperature = 1.0  # sampling temperature of the rollouts
+    c.top_k = 0  # 0 = off
+    c.top_p = 1.0  # 1.0 = off
+    c.num_iterations = 1  # mu: passes over each rollout batch (> 1 uses importance ratios)
+    c.num_minibatches = 1  # optimizer updates per pass (the batch split in equal parts)
+    c.samples_every = 10  # write decoded rollouts to samples.jsonl every N rollout batches
+    c.samples_groups = 2  # prompt groups written each time
+    c.reference = "init"  # KL reference: 'init' (the starting policy, frozen)
+    # The clipped policy objective (she_jax.rl.losses.PolicyLossConfig).
+    c.loss = ml_collections.ConfigDict()
+    c.loss.eps_low = 0.2  # lower clip: ratio >= 1 - eps_low
+    c.loss.eps_high = 0.28  # upper clip (clip-higher, DAPO): ratio <= 1 + eps_high
+    c.loss.aggregation = "token_mean"  # 'token_mean' | 'seq_mean_token_mean' | 'constant'
+    c.loss.kl_beta = 0.02  # k3 KL to the reference; 0 skips the reference forward entirely
+    c.loss.entropy_coef = 0.0  # entropy bonus (SRPO entropy regularization)
+    c.loss.off_policy_gamma = 0.1  # f(p) = p / (p + gamma) for guided off-policy tokens
+    # Advantages (she_jax.rl.advantages.StepAdvantageConfig).
+    c.advantage = ml_collections.ConfigDict()
+    c.advantage.mode = "outcome"  # 'outcome' (GRPO) | 'per_step' | 'process' (SRPO)
+    c.advantage.scale = "std"  # 'std' (GRPO) | 'none' (Dr.GRPO mean-only)
+    c.advantage.clamp = 2.0  # per-token |advantage| clamp; <= 0 disables
+    c.advantage.outcome_weight = 1.0  # weight of the outcome advantage in step modes
+    c.advantage.step_weight = 1.0  # weight of the step advantage in step modes
+    c.advantage.critical = False  # critical-step prioritization (SRPO)
+    c.advantage.first_error = 2.0  # weight of the first wrong step of a wrong rollout
+    c.advantage.divergent = 1.5  # weight of steps whose correctness differs in the group
+    c.advantage.after_error = 0.5  # weight of steps after the first error
+    c.advantage.consensus = 0.5  # weight of steps the whole group agrees on
+    c.filter = filtering.filtering_config()
+    return c
+
+
+@dataclasses.dataclass
+class Scored:
+    """A scorer's output for B x G rollouts.
+
+    rewards: [B, G] the sequence reward (outcome or shaped) the outcome advantage uses;
+    correct: [B, G] bool, the label is right (accuracy, difficulty filtering);
+    step_rewards / step_valid / step_correct: [B, G, S] or None (step-level methods);
+    per_rollout: {name: [B, G] or [B, G, S]} written with the samples;
+    metrics: scalar metrics of the whole pool, already named ('reward/...', ...).
+    """
+    rewards: np.ndarray
+    correct: np.ndarray
+    step_rewards: np.ndarray | None = None
+    step_valid: np.ndarray | None = None
+    step_correct: np.ndarray | None = None
+    per_rollout: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def select(self, indices: Sequence[int]) -> "Scored":
+        idx = np.asarray(indices, np.int64)
+        pick = lambda x: None if x is None else np.asarray(x)[idx]
+        return dataclasses.replace(
+            self, rewards=pick(self.rewards), correct=pick(self.correct),
+            step_rewards=pick(self.step_rewards), step_valid=pick(self.step_valid),
+            step_correct=pick(self.step_correct),
+            per_rollout={k: pick(v) for k, v in self.per_rollout.items()})
+
+
+Scorer = Callable[[Rollouts], Scored]
+# (rollouts, scored, params, rng) -> (rollouts, scored, metrics): AGRL's guided replay.
+ReplayFn = Callable[[Rollouts, Scored, Any, jax.Array], tuple[Rollouts, Scored, dict]]
+
+
+def advantage_config(section: ml_collections.ConfigDict) -> adv_lib.StepAdvantageConfig:
+    return adv_lib.StepAdvantageConfig(
+        mode=section.mode, scale=section.scale, clamp=section.clamp,
+        outcome_weight=section.outcome_weight, step_weight=section.step_weight,
+        critical=section.critical, first_error=section.first_error,
+        divergent=section.divergent, after_error=section.after_error,
+        consensus=section.consensus)
+
+
+def policy_loss_config(section: ml_collections.ConfigDict, max_new_tokens: int
+                       ) -> losses.PolicyLossConfig:
+    return losses.PolicyLossConfig(
+        eps_low=section.eps_low, eps_high=section.eps_high, aggregation=section.aggregation,
+        constant_len=int(max_new_tokens), kl_beta=section.kl_beta,
+        entropy_coef=section.entropy_coef, off_policy_gamma=section.off_policy_gamma)
+
+
+def _encode_pending(batches: list[dict[str, np.ndarray]]) -> str:
+    """The updates left of a rollout batch, as text for the checkpointed data position."""
+    if not batches:
+        return ""
+    buffer = io.BytesIO()
+    arrays = {f"{i}/{k}": v for i, b in enumerate(batches) for k, v in b.items()}
+    np.savez(buffer, **arrays)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _decode_pending(text: str) -> list[dict[str, np.ndarray]]:
+    if not text:
+        return []
+    with np.load(io.BytesIO(base64.b64decode(text))) as data:
+        batches: dict[int, dict[str, np.ndarray]] = {}
+        for key in data.files:
+            i, name = key.split("/", 1)
+            batches.setdefault(int(i), {})[name] = data[key]
+    return [batches[i] for i in sorted(batches)]
+
+
+def _ref_logprobs_fn(model_config: transformer.ModelConfig):
+    @jax.jit
+    def ref_logprobs(params, tokens, attention_mask):
+        logp, _ = losses.token_logprobs(model_config, params, tokens, attention_mask)
+        return logp
+    return ref_logprobs
+
+
+class RLFeed:
+    """The RL data iterator: rollout batches turned into update batches (see module doc)."""
+
+    def __init__(self, *, config: ml_collections.ConfigDict, workdir: str,
+                 records: Sequence[Mapping], tokenizer: Any,
+                 model_config: transformer.ModelConfig, scorer: Scorer, order: str,
+                 ref_params: Any = None, replay: ReplayFn | None = None):
+        rl = config.rl
+        self.rl, self.workdir, self.records = rl, workdir, list(records)
+        self.tokenizer, self.model_config = tokenizer, model_config
+        self.scorer, self.replay, self.order = scorer, replay, order
+        self.ref_params = ref_params if rl.loss.kl_beta > 0 else None
+        self.ref_logprobs = _ref_logprobs_fn(model_config) if self.ref_params is not None else None
+        self.seed = int(config.seed)
+        self.prompt_sampler = filtering.pool_sampler(
+            self.records, rl.prompts_per_step, int(config.data_seed), rl.filter)
+        self.sampler = sampling.Sampler(model_config, sampling.SamplingConfig(
+            temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
+            eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
+        self.prompt_len = rollout_lib.prompt_length_for(self.records, tokenizer)
+        self.advantage = advantage_config(rl.advantage)
+        self.advantage_fn = jax.jit(functools.partial(adv_lib.token_advantages, self.advantage))
+        self.params = None
+        self.rollout_index = 0
+        self.pending: list[dict[str, np.ndarray]] = []
+        self.metrics: dict[str, float] = {}
+        self._last_batch_time: float | None = None
+        if rl.num_minibatches < 1 or rl.num_iterations < 1:
+            raise ValueError("config.rl.num_minibatches and config.rl.num_iterations must be "
+                             f">= 1, got {rl.num_minibatches} and {rl.num_iterations}")
+        rows = rl.prompts_per_step * rl.group_size
+        if rows % rl.num_minibatches:
+            raise ValueError(f"config.rl.num_minibatches={rl.num_minibatches} must divide "
+                             f"prompts_per_step * group_size = {rows}")
+
+    @property
+    def steps_per_rollout(self) -> int:
+        return self.rl.num_iterations * self.rl.num_minibatches
+
+    # --- train_loop hooks -------------------------------------------------------------
+    def observe_state(self, state: Any) -> None:
+        self.params = state.params
+        if self._last_batch_time is not None:
+            self.metrics["time/update_s"] = time.perf_counter() - self._last_batch_time
+            self._last_batch_time = None
+
+    def pop_metrics(self) -> dict[str, float]:
+        out, self.metrics = self.metrics, {}
+        return out
+
+    def get_state(self) -> dict[str, Any]:
+        return {"rollout_index": self.rollout_index,
+                "prompt_sampler": self.prompt_sampler.get_state(),
+                "pending": _encode_pending(self.pending)}
+
+    def set_state(self, position: Mapping[str, Any]) -> None:
+        self.rollout_index = int(position["rollout_index"])
+        self.prompt_sampler.set_state(position["prompt_sampler"])
+        self.pending = _decode_pending(position["pending"])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if not self.pending:
+            self.pending = self._rollout_batch()
+        self._last_batch_time = time.perf_counter()
+        return self.pending.pop(0)
+
+    # --- one rollout batch ------------------------------------------------------------
+    def _rollout_batch(self) -> list[dict[str, np.ndarray]]:
+        if self.params is None:
+            raise RuntimeError("RLFeed needs the policy params: train_loop calls "
+                               "observe_state(state) before the first batch")
+        rl, index = self.rl, self.rollout_index
+        rng = jax.random.fold_in(jax.random.PRNGKey(self.seed + 7), index)
+        host_rng = np.random.default_rng([self.seed, index])
+        start = time.perf_counter()
+        pool_indices = self.prompt_sampler.next_indices()
+        pool_records = [self.records[i] for i in pool_indices]
+        rollouts = rollout_lib.generate_rollouts(
+            self.sampler, self.params, pool_records, self.tokenizer, rng,
+            group_size=rl.group_size, max_new_tokens=rl.max_new_tokens,
+            prompt_len=self.prompt_len, order=self.order)
+        rollout_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        scored = self.scorer(rollouts)
+        _check_finite_rewards(scored, index)
+        replay_metrics: dict[str, float] = {}
+        if self.replay is not None:  # before filtering: all-wrong groups are what it is for
+            rollouts, scored, replay_metrics = self.replay(
+                rollouts, scored, self.params, jax.random.fold_in(rng, 1))
+            _check_finite_rewards(scored, index)
+        chosen, valid, filter_metrics = filtering.filter_groups(
+            _filter_rewards(scored), scored.correct, rollouts.parsed, rollouts.records,
+            rl.prompts_per_step, rl.filter, host_rng)
+        rollouts, scored = rollout_lib.select_groups(rollouts, chosen), scored.select(chosen)
+        batch = rollout_lib.update_batch(rollouts, self.tokenizer.step_marker_ids,
+                                         self.tokenizer.label_ids)
+        group_valid = np.asarray(valid, bool)
+        row_valid = np.repeat(group_valid, rl.group_size)
+        batch["loss_mask"] &= row_valid[:, None]
+        batch["advantages"] = np.asarray(self.advantage_fn(
+            rewards=scored.rewards.astype(np.float32),
+            token_step_ids=batch["token_step_ids"], loss_mask=batch["loss_mask"],
+            step_rewards=_f32(scored.step_rewards), step_valid=scored.step_valid,
+            step_correct=scored.step_correct, outcome_correct=scored.correct,
+            group_valid=np.repeat(group_valid[:, None], rl.group_size, axis=1)))
+        reward_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        if self.ref_params is not None:
+            batch["ref_logprobs"] = np.asarray(self.ref_logprobs(
+                self.ref_params, batch["tokens"], batch["attention_mask"]))
+        ref_s = time.perf_counter() - start
+
+        self._log_rollout(index, rollouts, scored, batch, group_valid,
+                          {**scored.metrics, **filter_metrics, **replay_metrics,
+                           "time/rollout_s": rollout_s, "time/reward_s": reward_s,
+                           "time/reference_s": ref_s})
+        self.rollout_index += 1
+        return self._minibatches(batch, host_rng)
+
+    def _minibatches(self, batch: dict[str, np.ndarray], rng: np.random.Generator
+                     ) -> list[dict[str, np.ndarray]]:
+        rows = batch["tokens"].shape[0]
+        parts = []
+        for _ in range(self.rl.num_iterations):
+            order = rng.permutation(rows) if self.rl.num_minibatches > 1 else np.arange(rows)
+            for chunk in np.split(order, self.rl.num_minibatches):
+                parts.append({k: v[chunk] for k, v in batch.items()})
+        return parts
+
+    def _log_rollout(self, index: int, rollouts: Rollouts, scored: Scored,
+                     batch: dict[str, np.ndarray], group_valid: np.ndarray,
+                     extra: dict[str, float]) -> None:
+        kept = np.repeat(group_valid, self.rl.group_size)
+        lengths = rollouts.lengths.reshape(-1)
+        rewards = scored.rewards.reshape(-1)
+        correct = scored.correct.reshape(-1)
+        format_ok = np.array([p.format_valid for row in rollouts.parsed for p in row])
+        eos = self.tokenizer.eos_id
+        finished = (rollouts.tokens.reshape(len(lengths), -1)[np.arange(len(lengths)),
+                                                               np.maximum(lengths - 1, 0)] == eos)
+        adv = batch["advantages"][batch["loss_mask"]]
+        self.metrics.update({
+            "rollout/index": float(index),
+            "rollout/reward_mean": float(rewards[kept].mean()) if kept.any() else 0.0,
+            "rollout/reward_std": float(rewards[kept].std()) if kept.any() else 0.0,
+            "rollout/accuracy": float(correct[kept].mean()) if kept.any() else 0.0,
+            "rollout/format_valid": float(format_ok.mean()),
+            "rollout/response_length": float(lengths.mean()),
+            "rollout/response_length_max": float(lengths.max()),
+            "rollout/truncated_fraction": float(1.0 - finished.mean()),
+            "rollout/advantage_abs_mean": float(np.abs(adv).mean()) if adv.size else 0.0,
+            **{k: float(v) for k, v in extra.items()},
+        })
+        if self.rl.samples_every > 0 and index % self.rl.samples_every == 0:
+            per_rollout = {"reward": scored.rewards, "correct": scored.correct,
+                           **scored.per_rollout}
+            if scored.step_rewards is not None:
+                per_rollout["step_rewards"] = scored.step_rewards
+            lines = rollout_lib.sample_records(rollouts, index, per_rollout,
+                                               self.rl.samples_groups)
+            with open(os.path.join(self.workdir, SAMPLES_FILE), "a") as f:
+                for line in lines:
+                    f.write(json.dumps(line) + "\n")
+
+
+def _filter_rewards(scored: Scored) -> np.ndarray:
+    """What dynamic sampling measures variance on: the sequence reward, and with step
+    rewards also each step's (a group whose outcomes agree but whose steps differ still
+    carries a step-level signal)."""
+    if scored.step_rewards is None:
+        return scored.rewards
+    steps = np.where(scored.step_valid, scored.step_rewards, 0.0)
+    return np.concatenate([scored.rewards[..., None], steps], axis=-1)
+
+
+def _f32(x: np.ndarray | None) -> np.ndarray | None:
+    return None if x is None else np.asarray(x, np.float32)
+
+
+def _check_finite_rewards(scored: Scored, index: int) -> None:
+    for name in ("rewards", "step_rewards"):
+        value = getattr(scored, name)
+        if value is not None and not np.isfinite(value).all():
+            raise FloatingPointError(f"non-finite {name} in rollout batch {index}: the reward "
+                                     "function or the reward model produced NaN/inf")
+
+
+def init_order(config: ml_collections.ConfigDict) -> str:
+    """The CoT order of the starting policy (recorded by its run), else config.rl.order."""
+    run_dir = bootstrap.init_dir(config)
+    if run_dir:
+        return bootstrap.run_order(run_dir)
+    return config.get("rl", {}).get("order", "answer_first")
+
+
+def train_rl(config: ml_collections.ConfigDict, workdir: str, *,
+             make_scorer: Callable[..., Scorer],
+             make_replay: Callable[..., ReplayFn | None] | None = None) -> dict:
+    """Runs an RL trainer.
+
+    make_scorer(config, tokenizer, splits, order) -> Scorer;
+    make_replay(config, tokenizer, model_config, order, scorer) -> ReplayFn or None.
+    """
+    metrics_lib.write_config(config, workdir)
+    parallel.initialize_distributed(config.distributed)
+    splits = bootstrap.load_data(config)
+    tokenizer = bootstrap.get_tokenizer(config, workdir, splits)
+    model_config, params = bootstrap.init_model(config, tokenizer, jax.random.PRNGKey(config.seed))
+    order = init_order(config)
+    records = select_prompts(config, splits)
+    scorer = make_scorer(config, tokenizer, splits, order)
+    replay = (make_replay(config, tokenizer, model_config, order, scorer)
+              if make_replay is not None else None)
+
+    rl = config.rl
+    steps_per_rollout = rl.num_iterations * rl.num_minibatches
+    total_steps = config.optimizer.total_steps
+    if total_steps % steps_per_rollout:
+        raise ValueError(f"config.optimizer.total_steps={total_steps} must be a multiple of "
+                         f"num_iterations * num_minibatches = {steps_per_rollout}")
+    logging.info("%s: %d prompts, %d rollout batches of %d x %d, order %s", config.trainer,
+                 len(records), total_steps // steps_per_rollout, rl.prompts_per_step,
+                 rl.group_size, order)
+    mesh = parallel.make_mesh(config.mesh)
+    rules = tuple(config.axis_rules)
+    params = parallel.shard_params(params, transformer.param_logical_axes(model_config), mesh,
+                                   rules)
+    ref_params = jax.tree.map(jnp.copy, params) if rl.loss.kl_beta > 0 else None
+    tx, lr_fn = optim.make_optimizer(config.optimizer)
+    state = create_train_state(params, tx, jax.random.PRNGKey(config.seed + 1))
+    loss_fn = losses.make_policy_loss_fn(model_config, policy_loss_config(rl.loss,
+                                                                          rl.max_new_tokens))
+    step_fn = loop.make_train_step(loss_fn, tx, config.batch.accum_steps, mesh=mesh,
+                                   rules=rules, state_sharding=state_sharding(state),
+                                   learning_rate_fn=lr_fn)
+    feed = RLFeed(config=config, workdir=workdir, records=records, tokenizer=tokenizer,
+                  model_config=model_config, scorer=scorer, order=order,
+                  ref_params=ref_params, replay=replay)
+    state = loop.train_loop(
+        train_step=step_fn, state=state, data=feed, workdir=workdir, total_steps=total_steps,
+        log_every=config.log_every, checkpoint_every=config.checkpoint.every,
+        checkpoint_keep=config.checkpoint.keep)
+    if int(jax.device_get(state.step)) < total_steps:
+        logging.warning("%s stopped early at step %d; rerun the same command to resume",
+                        config.trainer, int(state.step))
+        return {}
+    bootstrap.export_model(workdir, model_config, state.params)
+    metrics_lib.plot_metrics(workdir)
+    return evaluate.evaluate_run(config, workdir, model_config, state.params, tokenizer,
+                                 splits, order=order)
+
+
+def select_prompts(config: ml_collections.ConfigDict, splits: Mapping[str, Sequence[Mapping]]
+                   ) -> list[dict]:
+    """The RL prompt pool: config.rl.train_split, minus records the curriculum excludes."""
+    records = list(sources.require_split(splits, config.rl.train_split, "config.rl.train_split"))
+    curriculum = config.get("curriculum", None)
+    if curriculum is None or not curriculum.get("enabled", False):
+        return records
+    from she_jax.rl import curriculum as curriculum_lib
+    return curriculum_lib.stage_records(config, records)

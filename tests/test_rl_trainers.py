@@ -1,0 +1,208 @@
+"""The RL trainers: GRPO learns a trivial reward; every trainer runs end to end, tiny."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import agrl as agrl_config, dpo as dpo_config, grpo as grpo_config
+from experiments import registry, sft as sft_config, srpo_stage1
+from she_jax import special_tokens as st
+from she_jax.eval import report
+from she_jax.models import transformer
+from she_jax.rl import losses
+from she_jax.train import loop, metrics as metrics_lib, optim, rl
+from she_jax.train.dpo import build_pairs, pass_at_k
+from she_jax.train.state import create_train_state
+
+# ---------------------------------------------------------------------------------------
+# GRPO on a trivial reward: the share of one target token in the completion.
+
+VOCAB, TARGET = 48, 7
+
+
+class _WordTokenizer:
+    """A Tokenizer stand-in: word i of a text <-> id (hash), no special structure."""
+    pad_id, eos_id = 0, 1
+    step_marker_ids = (40, 41, 42, 43, 44)
+    label_ids = (45, 46, 47, 39)
+
+    def encode(self, text):
+        return [10 + sum(map(ord, w)) % 28 for w in text.split()][:12]
+
+    def decode(self, ids, skip_special=False):
+        return " ".join(f"w{int(i)}" for i in ids)
+
+
+def _trivial_scorer(rollouts):
+    tokens, lengths = rollouts.tokens, rollouts.lengths
+    mask = np.arange(tokens.shape[2])[None, None, :] < lengths[..., None]
+    share = ((tokens == TARGET) & mask).sum(-1) / np.maximum(lengths, 1)
+    return rl.Scored(rewards=share.astype(np.float32), correct=share > 0.25,
+                     metrics={"reward/share": float(share.mean())})
+
+
+def test_grpo_raises_a_trivial_reward(tmp_path):
+    config = grpo_config.get_config()
+    config.rl.update(prompts_per_step=4, group_size=8, max_new_tokens=8, num_minibatches=2)
+    config.rl.filter.drop_zero_variance = True
+    config.rl.loss.kl_beta = 0.0
+    config.rl.samples_every = 5
+    records = [{"id": f"r{i}", "query": f"query {i}", "item_title": f"title {i % 7}",
+                "label": st.LABELS[i % 4], "query_type": "category"} for i in range(40)]
+    model_config = transformer.ModelConfig(vocab_size=VOCAB, hidden_size=32, num_layers=1,
+                                           num_heads=2, num_kv_heads=1, head_dim=16,
+                                           mlp_dim=64)
+    params = transformer.init_params(model_config, jax.random.PRNGKey(0))
+    config.optimizer.update(lr=3e-2, warmup_steps=1, total_steps=60)
+    tx, lr_fn = optim.make_optimizer(config.optimizer)
+    state = create_train_state(params, tx, jax.random.PRNGKey(1))
+    step = loop.make_train_step(
+        losses.make_policy_loss_fn(model_config, rl.policy_loss_config(config.rl.loss, 8)), tx,
+        learning_rate_fn=lr_fn)
+    feed = rl.RLFeed(config=config, workdir=str(tmp_path), records=records,
+                     tokenizer=_WordTokenizer(), model_config=model_config,
+                     scorer=_trivial_scorer, order="think_first")
+    loop.train_loop(train_step=step, state=state, data=feed, workdir=str(tmp_path),
+                    total_steps=60, log_every=1, checkpoint_every=1000, progress=False)
+    rows = metrics_lib.read_metrics(str(tmp_path))
+    rewards = [r["reward/share"] for r in rows if "reward/share" in r]
+    assert len(rewards) == 30  # 60 updates, 2 per rollout batch
+    first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
+    assert last > max(3 * first, 0.3), (first, last)
+    # Observability: the update's and the rollout's metrics are logged every step.
+    assert {"clip_fraction", "entropy", "ratio_max", "ratio_min", "rollout/accuracy",
+            "rollout/response_length", "filter/zero_variance_fraction", "time/rollout_s",
+            "time/reward_s"} <= set(rows[0])
+    with open(tmp_path / "samples.jsonl") as f:
+        samples = [json.loads(line) for line in f]
+    assert {s["step"] for s in samples} == {0, 5, 10, 15, 20, 25}
+    assert {"output", "reward", "correct", "label"} <= set(samples[0])
+
+
+# ---------------------------------------------------------------------------------------
+# DPO pieces.
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    # n = 4 samples; prompt A 1 right, prompt B 0, prompt C 4.
+    assert pass_at_k(4, np.array([1, 0, 4]), 1) == pytest.approx((0.25 + 0 + 1) / 3)
+    # pass@2 of A: 1 - C(3,2)/C(4,2) = 1 - 3/6 = 0.5.
+    assert pass_at_k(4, np.array([1, 0, 4]), 2) == pytest.approx((0.5 + 0 + 1) / 3)
+    assert pass_at_k(4, np.array([1]), 4) == 1.0
+    with pytest.raises(ValueError):
+        pass_at_k(4, np.array([1]), 5)
+
+
+class _TextTokenizer:
+    eos_id = 1
+
+    def encode(self, text):
+        return [len(w) for w in text.split()]
+
+
+def test_pairs_self_correction_oracle_and_skips():
+    annotations = {"query": ["category: sofas"], "judgment": ["label: L2"]}
+    records = [{"id": "a", "label": "L4"}, {"id": "b", "label": "L2", "annotations": annotations},
+               {"id": "c", "label": "L1"}, {"id": "d", "label": "L4"}]
+    completions = [[[10, 1], [11, 1]], [[20, 1], [21, 1]], [[30, 1], [31, 1]],
+                   [[40, 1], [41, 1]]]
+    correct = np.array([[True, False], [False, False], [False, False], [True, True]])
+    pairs, counts = build_pairs(records, completions, correct, _TextTokenizer(),
+                                "think_first", oracle=True, rng=np.random.default_rng(0))
+    assert counts == {"self_correction": 1, "oracle": 1, "all_correct": 1, "no_annotation": 1}
+    assert [p["kind"] for p in pairs] == ["self_correction", "oracle"]
+    assert pairs[0]["chosen"] == [10, 1] and pairs[0]["rejected"] == [11, 1]
+    assert pairs[1]["chosen"][-1] == 1 and pairs[1]["rejected"] in ([20, 1], [21, 1])
+
+
+# ---------------------------------------------------------------------------------------
+# Every trainer end to end on a tiny world, from a tiny SFT run.
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rl")
+    os.environ["SHE_JAX_CACHE"] = str(root / "cache")
+    config = sft_config.get_config("tiny")
+    config.data.world_overrides = {"sft_size": 320, "rl_size": 96, "dev_size": 16,
+                                   "test_size": 16}
+    config.model.vocab_size = 1024
+    config.model.overrides = {"num_layers": 1, "hidden_size": 64, "mlp_dim": 128}
+    config.sft.buckets = (160,)
+    config.sft.order = "think_first"
+    config.optimizer.update(total_steps=4, warmup_steps=1)
+    config.batch.batch_size = 8
+    config.eval.splits = ("test_head",)
+    config.eval.update(max_examples=8, batch_size=8, max_new_tokens=24)
+    workdir = str(root / "sft")
+    registry.run_config(config, workdir)
+    return root, workdir, config
+
+
+def _tiny_rl(config, sft_dir, base):
+    config.init_dir = sft_dir
+    config.data.world_overrides = base.data.world_overrides
+    config.model.vocab_size = base.model.vocab_size
+    config.eval.splits = ("test_head",)
+    config.eval.update(max_examples=8, batch_size=8, max_new_tokens=24)
+    config.optimizer.update(total_steps=2, warmup_steps=1)
+    config.checkpoint.every = 1
+    if "rl" in config:
+        config.rl.update(prompts_per_step=2, group_size=4, max_new_tokens=24, samples_every=1)
+    return config
+
+
+def _check_run(workdir, expected_metrics):
+    for name in ("config.json", "metrics.jsonl", "eval.json", "model", "checkpoints"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    rows = metrics_lib.read_metrics(workdir)
+    assert [r["step"] for r in rows][-1] == 2
+    assert expected_metrics <= set(rows[-1]), expected_metrics - set(rows[-1])
+    entry = report.read_eval_json(os.path.join(workdir, "eval.json"))["splits"]["test_head"]
+    assert entry["n"] == 8
+
+
+def test_grpo_end_to_end(sft_run):
+    root, sft_dir, base = sft_run
+    config = _tiny_rl(grpo_config.get_config(), sft_dir, base)
+    workdir = str(root / "grpo")
+    registry.run_config(config, workdir)
+    _check_run(workdir, {"kl", "clip_fraction", "rollout/reward_mean", "reward/accuracy",
+                         "filter/dropped_fraction"})
+    with open(os.path.join(workdir, "samples.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    assert any("step" in line and "reward" in line for line in lines)
+
+
+def test_agrl_end_to_end(sft_run):
+    root, sft_dir, base = sft_run
+    config = _tiny_rl(agrl_config.get_config(), sft_dir, base)
+    config.replay.accuracy_threshold = 1.0  # guide every group not all right: exercises the replay path
+    workdir = str(root / "agrl")
+    registry.run_config(config, workdir)
+    _check_run(workdir, {"replay/guided_share", "rollout/reward_mean"})
+
+
+def test_srpo_verifier_end_to_end(sft_run):
+    root, sft_dir, base = sft_run
+    config = _tiny_rl(srpo_stage1.get_config(), sft_dir, base)
+    config.curriculum.enabled = False
+    config.srpo.step_reward.source = "verifier"
+    workdir = str(root / "srpo")
+    registry.run_config(config, workdir)
+    _check_run(workdir, {"entropy", "rollout/reward_mean"})
+
+
+def test_dpo_end_to_end(sft_run):
+    root, sft_dir, base = sft_run
+    config = _tiny_rl(dpo_config.get_config(), sft_dir, base)
+    config.dpo.update(num_prompts=8, num_samples=4, max_new_tokens=24, sample_batch=8)
+    config.batch.batch_size = 2
+    workdir = str(root / "dpo")
+    registry.run_config(config, workdir)
+    _check_run(workdir, {"reward_margin", "reward_accuracy", "chosen_logp"})
+    with open(os.path.join(workdir, "pass_at_n.json")) as f:
+        table = json.load(f)["pass_at_k"]
+    values = [table[f"pass@{k}"] for k in range(1, 5)]
+    assert values == sorted(values)  # pass@k never falls with k
