@@ -24,8 +24,9 @@ P ids ours samples from.
     section's GRPO defaults) and the reference log-probs (`losses.token_logprobs`);
     update = `loop.make_train_step(losses.make_policy_loss_fn(...))` set up as
     `rl.train_rl` does (default mesh, sharded params and state, `optim.make_optimizer`
-    defaults), the metrics copied to the host as the train loop does. Dynamic-sampling filtering is left out (TRL has none; with an
-    oversample of 1 it is host bookkeeping over B groups).
+    defaults), the metrics copied to the host as the train loop does. Dynamic-sampling
+    filtering is left out (TRL has none; with an oversample of 1 it is host bookkeeping
+    over B groups).
   * peer: `trl.GRPOTrainer` (PyTorch eager, CPU, float32, `transformers` generate with its
     KV cache, no vLLM) configured so one trainer step = one generation of B x G + one
     optimizer update (`per_device_train_batch_size = generation_batch_size = B * G`,
@@ -43,8 +44,11 @@ Prints one JSON line per (config, beta): bench, config, beta, ours / peer (media
 unit 's/step', ratio (peer / ours: > 1 means ours is faster), target_ratio (the issue's
 goal), per-phase medians of both sides, all step times, the tokens each side generated per
 sample, the load average at the start, and a same-model logit check.
-Expected runtime on 2 shared CPU cores with the defaults: about 2 minutes for tiny (TRL
-~6 s/step) and 6-8 for small (TRL ~50 s/step); `--beta=0.02,0` doubles it.
+Progress, with both sides' phases per step, goes to stderr.
+Expected runtime on 2 CPU cores, per config and beta value (4 steps of each side plus start-up
+and our compile): tiny about 2 minutes on a quiet machine (TRL ~6 s/step), 5 at load
+average 5 (TRL 45-60 s/step); small, where TRL takes ~50 s/step on a quiet machine and
+160-220 s at load 5, about 12 minutes at load 5 even with `--repeats=1`.
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ def word(token_id: int) -> str:
     return f"t{token_id}"
 
 
-def word_tokenizer(vocab_size: int):
+def word_tokenizer(vocab_size: int) -> Any:
     """A transformers fast tokenizer whose words 't0' .. 't{V-1}' are the ids 0 .. V-1.
 
     Whitespace pre-tokenizer, no normalizer and no post-processor (no BOS/EOS added), so
@@ -239,7 +243,8 @@ class OurGRPOStep:
         return batch
 
 
-def even_token_reward(prompts, completions, completion_ids, **kwargs) -> list[float]:
+def even_token_reward(prompts: Any, completions: Any, completion_ids: Sequence[Sequence[int]],
+                      **kwargs: Any) -> list[float]:
     """TRL reward function: `even_token_fraction` of each completion's ids."""
     del prompts, completions, kwargs
     return [float(even_token_fraction(np.asarray(ids), np.ones(len(ids), bool)))
@@ -249,7 +254,7 @@ def even_token_reward(prompts, completions, completion_ids, **kwargs) -> list[fl
 @functools.cache
 def _peer_classes():
     """(PhaseTimedGRPOTrainer, StepTimer): defined on first use, as importing trl (and torch)
-    must wait until main() has set the OpenMP environment."""
+    must wait until the `__main__` block has set the OpenMP environment."""
     import transformers
     import trl
 
@@ -300,7 +305,8 @@ def _peer_classes():
 
 
 def peer_trainer(model_dir: str, hf_tokenizer: Any, prompt_texts: list[str], shape: StepShape,
-                 steps: int, workdir: str, after_step: Callable[[int], None], seed: int = 0):
+                 steps: int, workdir: str, after_step: Callable[[int], None], seed: int = 0
+                 ) -> tuple[Any, Any]:
     """A `PhaseTimedGRPOTrainer` on the model in `model_dir` set up for `steps` GRPO steps of
     shape `shape` (see the module doc), and its StepTimer callback."""
     import datasets
@@ -349,6 +355,10 @@ def _peer_phases(step_seconds: float, phase: dict[str, float]) -> dict[str, floa
             "update": step_seconds - phase["generate_and_score"]}
 
 
+def _phase_text(seconds: dict[str, float]) -> str:
+    return "(" + ", ".join(f"{k} {seconds[k]:.2f}" for k in PHASES) + ")"
+
+
 def _medians(per_step: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(common.median([p[k] for p in per_step]), 4) for k in PHASES}
 
@@ -383,6 +393,10 @@ def bench_config(name: str, model_config: transformer.ModelConfig, shape: StepSh
                 our_first.update(times)
             else:
                 our_steps.append(times)
+            peer = _peer_phases(timer.step_seconds[-1], trainer.phase_seconds[-1])
+            common.log(f"[{name} beta={shape.beta}] step {index}: peer "
+                       f"{timer.step_seconds[-1]:.2f} s {_phase_text(peer)}, ours "
+                       f"{sum(times.values()):.2f} s {_phase_text(times)}")
 
         trainer, timer = peer_trainer(model_dir, hf_tokenizer, prompt_texts, shape,
                                       repeats + 1, os.path.join(workdir, "trl"), our_step, seed)

@@ -54,7 +54,7 @@ def rl_config(name: str, trainer: str, arg: str | None) -> ml_collections.Config
     from she_jax.train.rl import rl_section
 
     c = base_config(name, trainer, arg)
-    c.init_from = "sft"
+    c.init_from = "sft_think"
     c.rl = rl_section()
     c.reward = outcome_config()
     c.optimizer.lr = 2e-4

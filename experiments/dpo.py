@@ -15,7 +15,7 @@ from she_jax.train.dpo import dpo_section
 
 def get_config(arg=None):
     c = base_config("dpo", "dpo", arg)
-    c.init_from = "sft"
+    c.init_from = "sft_think"
     c.dpo = dpo_section()
     c.batch.batch_size = 16  # pairs per update
     c.optimizer.lr = 1e-4

@@ -3,7 +3,7 @@ r"""The generative step reward model of SRPO (TaoSR-SHE), trainer `genrm`.
   python -m experiments.run --config=experiments/genrm.py        # tiny, ~2-3 min on 2 CPU cores
   python -m experiments.run --config=experiments/genrm.py:small  # small model + world
 
-Starts from the finished SFT run (config.init_from = 'sft'; built first into runs/sft if
+Starts from the finished SFT run (config.init_from = 'sft_think'; built first into runs/sft_think if
 missing, ~5 min more at tiny). Trains the SFT model to write a 'yes'/'no' verdict after
 every CoT step (she_jax.rewards.genrm) on gold CoTs, CoTs with injected errors and SFT
 rollouts labelled by the offline verifier. Writes runs/genrm[_<variant>]/ (config.json,
@@ -18,7 +18,7 @@ from she_jax.train.genrm import genrm_section
 
 def get_config(arg=None):
     c = base_config("genrm", "genrm", arg)
-    c.init_from = "sft"
+    c.init_from = "sft_think"
     c.genrm = genrm_section()
     c.batch.batch_size = 16
     c.optimizer.lr = 1e-3

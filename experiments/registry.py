@@ -48,9 +48,20 @@ def is_finished(workdir: str) -> bool:
     return os.path.exists(os.path.join(workdir, "eval.json"))
 
 
+# A prerequisite built on the way to another run is evaluated on this much of `dev` only,
+# to keep chains (SFT -> reward model -> curriculum stages) short; evaluate it fully later
+# with `python -m she_jax.eval --workdir <its workdir>`.
+PREREQUISITE_EVAL_SPLITS = ("dev",)
+PREREQUISITE_EVAL_EXAMPLES = 256
+
+
 def _build(name: str, variant: str | None) -> str:
     """Builds experiments/<name>.py (and its prerequisites) unless finished; its workdir."""
     parent = load_config(name, variant)
+    if "eval" in parent:
+        with parent.unlocked():
+            parent.eval.splits = PREREQUISITE_EVAL_SPLITS
+            parent.eval.max_examples = PREREQUISITE_EVAL_EXAMPLES
     parent_workdir = default_workdir(parent)
     if is_finished(parent_workdir):
         logging.info("prerequisite %s found in %s", name, parent_workdir)
@@ -77,18 +88,17 @@ def build_prerequisites(config: ml_collections.ConfigDict) -> None:
     """Builds what a config starts from, when not already finished.
 
     config.init_from: the run whose model (and tokenizer) this one starts from; its
-      directory fills config.init_dir.
+      directory fills config.init_dir (unless init_dir is given: then nothing is built).
     config.prerequisites: {config name: dotted key} of further runs this one reads (e.g.
       the reward model: {'genrm': 'srpo.genrm_dir'}); each directory fills its key, unless
       the key is already set.
     """
     variant = config.get("variant", None)
     prerequisite = config.get("init_from", None)
-    if prerequisite:
+    if prerequisite and not config.get("init_dir"):  # a given init_dir is used as is
         parent_workdir = _build(prerequisite, variant)
-        if not config.get("init_dir"):
-            with config.unlocked():
-                config.init_dir = parent_workdir
+        with config.unlocked():
+            config.init_dir = parent_workdir
     for name, key in (config.get("prerequisites", None) or {}).items():
         section, value = config, None
         for part in key.split("."):

@@ -12,9 +12,9 @@ ALL_TYPES = HEAD_TYPES + ("negation", "alternative", "qa", "knowledge")
 
 def srpo_stage_config(stage: int, arg: str | None) -> ml_collections.ConfigDict:
     c = rl_config(f"srpo_stage{stage}", "srpo", arg)
-    c.init_from = "sft" if stage == 1 else f"srpo_stage{stage - 1}"
+    c.init_from = "sft_think" if stage == 1 else f"srpo_stage{stage - 1}"
     c.prerequisites = ml_collections.ConfigDict(
-        {"genrm": "srpo.genrm_dir", "sft": "curriculum.difficulty_dir"})
+        {"genrm": "srpo.genrm_dir", "sft_think": "curriculum.difficulty_dir"})
     c.srpo = srpo_section()
     c.curriculum = curriculum_section(stage)
     # Step-level advantages with critical-step prioritization and the outcome added.

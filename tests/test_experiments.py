@@ -67,3 +67,46 @@ def test_mistyped_config_key_is_an_error():
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "totl_steps" in result.stderr
+
+
+def test_srpo_stage3_builds_its_whole_chain_in_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "RUNS_DIR", str(tmp_path))
+    built = []
+
+    def fake_run(config, workdir):
+        built.append((config.name, tuple(config.eval.splits), config.eval.max_examples,
+                      config.get("init_dir", "")))
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "eval.json"), "w") as f:
+            f.write("{}")
+
+    monkeypatch.setattr(registry, "run_config", fake_run)
+    config = registry.load_config("srpo_stage3")
+    registry.build_prerequisites(config)
+    names = [b[0] for b in built]
+    # Each run is built after what it starts from and reads.
+    assert names.index("sft_think") < names.index("srpo_stage1") < names.index("srpo_stage2")
+    assert names.index("genrm") < names.index("srpo_stage1")
+    assert sorted(names) == ["genrm", "sft_think", "srpo_stage1", "srpo_stage2"]
+    # Prerequisites are evaluated on part of dev only; the target keeps its full eval.
+    assert all(b[1] == registry.PREREQUISITE_EVAL_SPLITS for b in built)
+    assert config.init_dir == str(tmp_path / "srpo_stage2")
+    assert config.srpo.genrm_dir == str(tmp_path / "genrm")
+    assert config.curriculum.difficulty_dir == str(tmp_path / "sft_think")
+    assert "test_longtail" in config.eval.splits
+    stage2 = [b for b in built if b[0] == "srpo_stage2"][0]
+    assert stage2[3] == str(tmp_path / "srpo_stage1")
+    # A second call finds everything finished and builds nothing.
+    built.clear()
+    registry.build_prerequisites(registry.load_config("srpo_stage3"))
+    assert built == []
+
+
+def test_a_given_init_dir_builds_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "RUNS_DIR", str(tmp_path))
+    called = []
+    monkeypatch.setattr(registry, "run_config", lambda c, w: called.append(w))
+    config = registry.load_config("grpo")
+    config.init_dir = "/somewhere/sft"
+    registry.build_prerequisites(config)
+    assert called == [] and config.init_dir == "/somewhere/sft"

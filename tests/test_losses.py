@@ -326,6 +326,21 @@ def test_token_logprobs_match_log_softmax_of_forward():
     shapes = jax.eval_shape(functools.partial(losses.token_logprobs, MODEL), params,
                             batch["tokens"], batch["attention_mask"])
     assert shapes[0].shape == (B * G, T - 1) and shapes[1] is None
+    # Projecting only from a first target on gives the same values there, zeros before.
+    first = 3
+    logp_tail, entropy_tail = losses.token_logprobs(
+        MODEL, params, batch["tokens"], batch["attention_mask"], with_entropy=True,
+        first_target=first)
+    assert logp_tail.shape == logp.shape
+    # (float32: XLA fuses the shorter projection differently, ~1e-6 on values near 3.5)
+    np.testing.assert_allclose(np.asarray(logp_tail)[:, first:], np.asarray(logp)[:, first:],
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(entropy_tail)[:, first:],
+                               np.asarray(entropy)[:, first:], atol=1e-5)
+    assert not np.asarray(logp_tail)[:, :first].any()
+    with pytest.raises(ValueError, match="first_target"):
+        losses.token_logprobs(MODEL, params, batch["tokens"], batch["attention_mask"],
+                              first_target=T - 1)
 
 
 OPTIONS = dict(eps_low=0.2, eps_high=0.28, kl_beta=0.05, entropy_coef=0.01)
@@ -336,11 +351,13 @@ AGGREGATION_OPTIONS = {
 }
 
 
-def bigram_logprobs(model_config, params, tokens, attention_mask, *, with_entropy=False):
+def bigram_logprobs(model_config, params, tokens, attention_mask, *, with_entropy=False,
+                    first_target=0):
     """A stand-in policy for `losses.token_logprobs`: next-token logits = a [V, V] table row
     of the current token. Same outputs and batch handling, a fraction of the transformer's
     compile time (the micro-batching test compiles 9 train steps)."""
     del model_config, attention_mask
+    assert first_target == 0  # the options under test leave it at its default
     log_probs = jax.nn.log_softmax(params["table"][tokens[:, :-1]], axis=-1)
     logp = jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
     entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, -1) if with_entropy else None

@@ -22,6 +22,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run directory.", req
 _COMPARE = flags.DEFINE_string("compare", None, "Another run directory for side-by-side GSB.")
 _REEVAL = flags.DEFINE_bool("reeval", True, "Re-run the evaluation of --workdir first.")
 _BETA = flags.DEFINE_float("beta", None, "CumPT threshold (default: the run's eval.beta).")
+_SPLITS = flags.DEFINE_list("splits", None, "Splits to evaluate (default: the run's "
+                            "eval.splits; 'all' = dev and every test split).")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Examples per split (0 = all; "
+                                     "default: the run's eval.max_examples).")
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -32,14 +36,26 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def reevaluate(workdir: str, beta: float | None = None) -> dict:
+def reevaluate(workdir: str, beta: float | None = None, splits: list[str] | None = None,
+               max_examples: int | None = None) -> dict:
+    """Evaluates a finished run again (e.g. fully, when it was built as a prerequisite and
+    evaluated on part of dev only); the CoT order is the one its eval.json recorded."""
     config = load_run_config(workdir)
     if beta is not None:
         config.eval.beta = beta
-    splits = bootstrap.load_data(config)
-    tokenizer = bootstrap.get_tokenizer(config, workdir, splits)
+    if splits:
+        config.eval.splits = (tuple(evaluate.DEFAULT_SPLITS) if splits == ["all"]
+                              else tuple(splits))
+    if max_examples is not None:
+        config.eval.max_examples = max_examples
+    order = None
+    if os.path.exists(os.path.join(workdir, "eval.json")):
+        order = bootstrap.run_order(workdir)
+    data = bootstrap.load_data(config)
+    tokenizer = bootstrap.get_tokenizer(config, workdir, data)
     model_config, params = bootstrap.load_run_model(workdir)
-    return evaluate.evaluate_run(config, workdir, model_config, params, tokenizer, splits)
+    return evaluate.evaluate_run(config, workdir, model_config, params, tokenizer, data,
+                                 order=order)
 
 
 def compare_runs(workdir_a: str, workdir_b: str, beta: float) -> dict[str, dict]:
@@ -64,7 +80,8 @@ def compare_runs(workdir_a: str, workdir_b: str, beta: float) -> dict[str, dict]
 def main(argv: list[str]) -> None:
     del argv
     workdir = _WORKDIR.value
-    eval_dict = reevaluate(workdir, _BETA.value) if _REEVAL.value else None
+    eval_dict = (reevaluate(workdir, _BETA.value, _SPLITS.value, _MAX_EXAMPLES.value)
+                 if _REEVAL.value else None)
     if _COMPARE.value:
         beta = _BETA.value
         if beta is None:

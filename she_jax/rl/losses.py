@@ -29,10 +29,10 @@ AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "constant")
 _NO_RATIO_MIN = float(jnp.finfo(jnp.float32).max)
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "with_entropy"))
+@functools.partial(jax.jit, static_argnames=("model_config", "with_entropy", "first_target"))
 def token_logprobs(model_config: transformer.ModelConfig, params: Any, tokens: jax.Array,
-                   attention_mask: jax.Array, *,
-                   with_entropy: bool = False) -> tuple[jax.Array, jax.Array | None]:
+                   attention_mask: jax.Array, *, with_entropy: bool = False,
+                   first_target: int = 0) -> tuple[jax.Array, jax.Array | None]:
     """Log-probs of the target tokens under the model, and optionally the entropies.
 
     tokens: [N, T] int32; attention_mask: [N, T] bool.
@@ -45,18 +45,29 @@ def token_logprobs(model_config: transformer.ModelConfig, params: Any, tokens: j
     computed once (one logsumexp over V) and shared: the target log-prob is a gather minus
     it, and the entropy -sum p log p reads logits - log_z inside one reduction that XLA
     fuses, so no second [N, T-1, V] (log-softmax) array is built next to the logits.
+    first_target (static): targets before it are not needed (RL: the prompt, whose targets
+    are masked out); the vocab projection, log-normalizer and entropy run only from there
+    — at tiny and small scale about half the positions of an RL batch — and the skipped
+    entries are returned as 0.
     """
     if tokens.ndim != 2 or attention_mask.shape != tokens.shape:
         raise ValueError(f"tokens [N, T] and attention_mask [N, T] disagree: shapes "
                          f"{tuple(tokens.shape)} and {tuple(attention_mask.shape)}")
-    logits = transformer.forward(model_config, params, tokens[:, :-1], attention_mask[:, :-1])
+    if not 0 <= first_target < tokens.shape[1] - 1:
+        raise ValueError(f"first_target={first_target} must be in [0, T - 1 = "
+                         f"{tokens.shape[1] - 1})")
+    hidden = transformer.hidden_states(model_config, params, tokens[:, :-1],
+                                       attention_mask[:, :-1])
+    logits = transformer.logits_from_hidden(model_config, params, hidden[:, first_target:])
     log_z = jax.nn.logsumexp(logits, axis=-1)
-    target_logits = jnp.take_along_axis(logits, tokens[:, 1:, None], axis=-1)[..., 0]
-    logp = target_logits - log_z
+    targets = tokens[:, 1 + first_target:]
+    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    pad = ((0, 0), (first_target, 0))
+    logp = jnp.pad(target_logits - log_z, pad)
     if not with_entropy:
         return logp, None
     log_probs = logits - log_z[..., None]
-    entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+    entropy = jnp.pad(-jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1), pad)
     return logp, entropy
 
 
@@ -263,6 +274,9 @@ class PolicyLossConfig:
     # Compute the policy entropy for the 'entropy' metric even when entropy_coef is 0
     # (one more pass over the logits; watches for entropy collapse).
     track_entropy: bool = True
+    # First target index whose log-prob the loss needs (RL: prompt length - 1; targets
+    # before it must be outside loss_mask): logits are computed from there only.
+    first_target: int = 0
 
     def __post_init__(self):
         if self.aggregation not in AGGREGATIONS:
@@ -302,7 +316,8 @@ def make_policy_loss_fn(model_config: transformer.ModelConfig, loss_options: Pol
         if loss_options.kl_beta > 0 and ref_logp is None:
             raise ValueError("kl_beta > 0 needs batch['ref_logprobs']")
         logp, entropy = token_logprobs(model_config, params, batch["tokens"],
-                                       batch["attention_mask"], with_entropy=with_entropy)
+                                       batch["attention_mask"], with_entropy=with_entropy,
+                                       first_target=loss_options.first_target)
         return policy_loss(
             logp, batch["old_logprobs"], batch["advantages"], batch["loss_mask"],
             eps_low=loss_options.eps_low, eps_high=loss_options.eps_high,

@@ -138,13 +138,15 @@ def pair_arrays(pairs: Sequence[dict], tokenizer: Any, prompt_len: int, completi
     return {"tokens": tokens, "attention_mask": attention_mask, "loss_mask": loss_mask}
 
 
-def dpo_loss_fn(model_config: transformer.ModelConfig, beta: float, label_smoothing: float):
-    """loss_fn for the train step; batch rows alternate chosen / rejected."""
+def dpo_loss_fn(model_config: transformer.ModelConfig, beta: float, label_smoothing: float,
+                first_target: int = 0):
+    """loss_fn for the train step; batch rows alternate chosen / rejected. Targets before
+    first_target (the prompt's) are masked and not projected to the vocabulary."""
 
     def loss_fn(params, batch, rng):
         del rng
         logp, _ = losses.token_logprobs(model_config, params, batch["tokens"],
-                                        batch["attention_mask"])
+                                        batch["attention_mask"], first_target=first_target)
         sums = losses.sequence_logprob_sums(logp, batch["loss_mask"])
         return losses.dpo_loss(sums[0::2], sums[1::2], batch["ref_logp"][0::2],
                                batch["ref_logp"][1::2], beta=beta,
@@ -154,12 +156,14 @@ def dpo_loss_fn(model_config: transformer.ModelConfig, beta: float, label_smooth
 
 
 def reference_logprob_sums(model_config: transformer.ModelConfig, params: Any,
-                           arrays: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
+                           arrays: Mapping[str, np.ndarray], batch_size: int,
+                           first_target: int = 0) -> np.ndarray:
     """[2P] sequence log-prob sums under the frozen reference, computed once."""
 
     @jax.jit
     def sums(params, tokens, attention_mask, loss_mask):
-        logp, _ = losses.token_logprobs(model_config, params, tokens, attention_mask)
+        logp, _ = losses.token_logprobs(model_config, params, tokens, attention_mask,
+                                        first_target=first_target)
         return losses.sequence_logprob_sums(logp, loss_mask)
 
     rows = arrays["tokens"].shape[0]
@@ -208,7 +212,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     completion_len = section.max_new_tokens + 32  # room for a gold CoT longer than samples
     arrays = pair_arrays(pairs, tokenizer, prompt_len, completion_len)
     arrays["ref_logp"] = reference_logprob_sums(model_config, params, arrays,
-                                                 2 * config.batch.batch_size)
+                                                 2 * config.batch.batch_size, prompt_len - 1)
     num_pairs, batch_pairs = len(pairs), config.batch.batch_size
 
     def batch_at(index: int) -> dict[str, np.ndarray]:
@@ -225,7 +229,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tx, lr_fn = optim.make_optimizer(config.optimizer)
     state = create_train_state(params, tx, jax.random.PRNGKey(config.seed + 1))
     step_fn = loop.make_train_step(
-        dpo_loss_fn(model_config, section.beta, section.label_smoothing), tx,
+        dpo_loss_fn(model_config, section.beta, section.label_smoothing, prompt_len - 1), tx,
         config.batch.accum_steps, mesh=mesh, rules=rules, state_sharding=state_sharding(state),
         learning_rate_fn=lr_fn)
     state = loop.train_loop(

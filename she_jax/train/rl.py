@@ -128,9 +128,12 @@ def advantage_config(section: ml_collections.ConfigDict) -> adv_lib.StepAdvantag
         consensus=section.consensus)
 
 
-def policy_loss_config(section: ml_collections.ConfigDict, max_new_tokens: int
-                       ) -> losses.PolicyLossConfig:
+def policy_loss_config(section: ml_collections.ConfigDict, max_new_tokens: int,
+                       prompt_len: int = 1) -> losses.PolicyLossConfig:
+    """The loss options; prompt_len (the RL batches' fixed prompt length) lets the loss
+    skip the vocab projection over the prompt's targets."""
     return losses.PolicyLossConfig(
+        first_target=prompt_len - 1,
         eps_low=section.eps_low, eps_high=section.eps_high, aggregation=section.aggregation,
         constant_len=int(max_new_tokens), kl_beta=section.kl_beta,
         entropy_coef=section.entropy_coef, off_policy_gamma=section.off_policy_gamma)
@@ -157,10 +160,11 @@ def _decode_pending(text: str) -> list[dict[str, np.ndarray]]:
     return [batches[i] for i in sorted(batches)]
 
 
-def _ref_logprobs_fn(model_config: transformer.ModelConfig):
+def _ref_logprobs_fn(model_config: transformer.ModelConfig, first_target: int):
     @jax.jit
     def ref_logprobs(params, tokens, attention_mask):
-        logp, _ = losses.token_logprobs(model_config, params, tokens, attention_mask)
+        logp, _ = losses.token_logprobs(model_config, params, tokens, attention_mask,
+                                        first_target=first_target)
         return logp
     return ref_logprobs
 
@@ -177,14 +181,15 @@ class RLFeed:
         self.tokenizer, self.model_config = tokenizer, model_config
         self.scorer, self.replay, self.order = scorer, replay, order
         self.ref_params = ref_params if rl.loss.kl_beta > 0 else None
-        self.ref_logprobs = _ref_logprobs_fn(model_config) if self.ref_params is not None else None
+        self.prompt_len = rollout_lib.prompt_length_for(self.records, tokenizer)
+        self.ref_logprobs = (_ref_logprobs_fn(model_config, self.prompt_len - 1)
+                             if self.ref_params is not None else None)
         self.seed = int(config.seed)
         self.prompt_sampler = filtering.pool_sampler(
             self.records, rl.prompts_per_step, int(config.data_seed), rl.filter)
         self.sampler = sampling.Sampler(model_config, sampling.SamplingConfig(
             temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
-        self.prompt_len = rollout_lib.prompt_length_for(self.records, tokenizer)
         self.advantage = advantage_config(rl.advantage)
         self.advantage_fn = jax.jit(functools.partial(adv_lib.token_advantages, self.advantage))
         self.params = None
@@ -400,14 +405,14 @@ def train_rl(config: ml_collections.ConfigDict, workdir: str, *,
     ref_params = jax.tree.map(jnp.copy, params) if rl.loss.kl_beta > 0 else None
     tx, lr_fn = optim.make_optimizer(config.optimizer)
     state = create_train_state(params, tx, jax.random.PRNGKey(config.seed + 1))
-    loss_fn = losses.make_policy_loss_fn(model_config, policy_loss_config(rl.loss,
-                                                                          rl.max_new_tokens))
-    step_fn = loop.make_train_step(loss_fn, tx, config.batch.accum_steps, mesh=mesh,
-                                   rules=rules, state_sharding=state_sharding(state),
-                                   learning_rate_fn=lr_fn)
     feed = RLFeed(config=config, workdir=workdir, records=records, tokenizer=tokenizer,
                   model_config=model_config, scorer=scorer, order=order,
                   ref_params=ref_params, replay=replay)
+    loss_fn = losses.make_policy_loss_fn(
+        model_config, policy_loss_config(rl.loss, rl.max_new_tokens, feed.prompt_len))
+    step_fn = loop.make_train_step(loss_fn, tx, config.batch.accum_steps, mesh=mesh,
+                                   rules=rules, state_sharding=state_sharding(state),
+                                   learning_rate_fn=lr_fn)
     state = loop.train_loop(
         train_step=step_fn, state=state, data=feed, workdir=workdir, total_steps=total_steps,
         log_every=config.log_every, checkpoint_every=config.checkpoint.every,
