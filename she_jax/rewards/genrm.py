@@ -159,7 +159,8 @@ def _replace_value(steps: dict[str, list[str]], step: int, index: int,
     return False
 
 
-def _candidates(steps: dict[str, list[str]], step_ids: Sequence[int], wanted) -> list[tuple[int, int]]:
+def _candidates(steps: dict[str, list[str]], step_ids: Sequence[int],
+                wanted) -> list[tuple[int, int]]:
     """(step, fact index) of the facts of `step_ids` whose key satisfies `wanted(key)`."""
     return [(s, i) for s in step_ids for i, fact in enumerate(steps.get(st.STEP_NAMES[s], ()))
             if wanted(_key_value(fact)[0])]
@@ -174,8 +175,8 @@ def _corrupt_category(steps, pools, rng) -> int | None:
 
 
 def _corrupt_attribute(steps, pools, rng) -> int | None:
-    found = _candidates(steps, (_QUERY, _ITEM),
-                        lambda key: key not in _NOT_ATTRIBUTES and len(pools.values.get(key, ())) > 1)
+    found = _candidates(steps, (_QUERY, _ITEM), lambda key: (
+        key not in _NOT_ATTRIBUTES and len(pools.values.get(key, ())) > 1))
     if not found:
         return None
     step, index = found[rng.integers(len(found))]
