@@ -12,7 +12,7 @@ from experiments import registry, sft as sft_config, srpo_stage1
 from she_jax import special_tokens as st
 from she_jax.eval import report
 from she_jax.models import transformer
-from she_jax.rl import losses
+from she_jax.rl import curriculum, losses
 from she_jax.train import loop, metrics as metrics_lib, optim, rl
 from she_jax.train.dpo import build_pairs, pass_at_k
 from she_jax.train.state import create_train_state
@@ -184,14 +184,39 @@ def test_agrl_end_to_end(sft_run):
     _check_run(workdir, {"replay/guided_share", "rollout/reward_mean"})
 
 
-def test_srpo_verifier_end_to_end(sft_run):
+def test_srpo_curriculum_stage_end_to_end(sft_run):
     root, sft_dir, base = sft_run
     config = _tiny_rl(srpo_stage1.get_config(), sft_dir, base)
-    config.curriculum.enabled = False
     config.srpo.step_reward.source = "verifier"
+    config.curriculum.update(difficulty_dir=sft_dir, pool_size=24, num_samples=2,
+                             max_new_tokens=24, batch=8, min_prompts=1,
+                             pass_rate_band=(0.0, 1.0), query_types=curriculum.ALL_TYPES)
     workdir = str(root / "srpo")
     registry.run_config(config, workdir)
-    _check_run(workdir, {"entropy", "rollout/reward_mean"})
+    _check_run(workdir, {"entropy", "rollout/reward_mean", "verifier/coverage",
+                         "step_reward/mean", "filter/diversity_mean"})
+    # The SFT policy's pass rates were estimated once and cached in the SFT run.
+    with open(os.path.join(sft_dir, curriculum.PASS_RATES_FILE)) as f:
+        cached = json.load(f)
+    assert len(cached["pass_rates"]) == 24
+    assert all(0.0 <= p <= 1.0 and p * 2 == int(p * 2) for p in cached["pass_rates"].values())
+    records = [{"id": i, "query_type": "category"} for i in cached["pass_rates"]]
+    picked = curriculum.select_stage(records, cached["pass_rates"], (0.5, 1.0), ("category",))
+    assert {r["id"] for r in picked} == {i for i, p in cached["pass_rates"].items() if p >= 0.5}
+
+
+def test_curriculum_selection_by_band_and_type():
+    records = [{"id": "a", "query_type": "category"}, {"id": "b", "query_type": "negation"},
+               {"id": "c", "query_type": "category"}, {"id": "d", "query_type": "category"}]
+    rates = {"a": 0.25, "b": 0.5, "c": 1.0}  # d was not estimated
+    assert [r["id"] for r in curriculum.select_stage(records, rates, (0.0, 0.5),
+                                                     curriculum.ALL_TYPES)] == ["a", "b"]
+    assert [r["id"] for r in curriculum.select_stage(records, rates, (0.0, 1.0),
+                                                     ("category",))] == ["a", "c"]
+    with pytest.raises(ValueError, match="pass_rate_band"):
+        curriculum.select_stage(records, rates, (0.6, 0.5), ("category",))
+    with pytest.raises(ValueError, match="unknown types"):
+        curriculum.select_stage(records, rates, (0.0, 1.0), ("colour",))
 
 
 def test_dpo_end_to_end(sft_run):
