@@ -13,173 +13,173 @@ BUCKETS = (32, 64, 128)
 
 
 def make_records(n=40, seed=0):
-  rng = random.Random(seed)
-  records = []
-  for i in range(n):
-    label = rng.choice(st.LABELS)
-    annotations = {
-        "query": [f"category: shoes {i}"] * (1 + i % 4),
-        "item": ["brand: nike", "color: red"][: 1 + i % 2],
-        "category_match": ["category match: exact"],
-        "attribute_match": [],
-        "judgment": [f"label: {label}"],
-    }
-    records.append({
-        "id": f"r{i}", "query": f"red shoes {i} " * (1 + i % 3), "item_title": f"Nike shoe {i}",
-        "label": label, "query_type": "category", "popularity": "head",
-        # Every third record has no CoT: its target is the bare label token.
-        "annotations": annotations if i % 3 else None, "cot": None})
-  return records
+    rng = random.Random(seed)
+    records = []
+    for i in range(n):
+        label = rng.choice(st.LABELS)
+        annotations = {
+            "query": [f"category: shoes {i}"] * (1 + i % 4),
+            "item": ["brand: nike", "color: red"][: 1 + i % 2],
+            "category_match": ["category match: exact"],
+            "attribute_match": [],
+            "judgment": [f"label: {label}"],
+        }
+        records.append({
+            "id": f"r{i}", "query": f"red shoes {i} " * (1 + i % 3), "item_title": f"Nike shoe {i}",
+            "label": label, "query_type": "category", "popularity": "head",
+            # Every third record has no CoT: its target is the bare label token.
+            "annotations": annotations if i % 3 else None, "cot": None})
+    return records
 
 
 @pytest.fixture(scope="module")
 def records():
-  return make_records()
+    return make_records()
 
 
 @pytest.fixture(scope="module")
 def tokenizer(records, tmp_path_factory):
-  texts = [cot.render_prompt(r["query"], r["item_title"]) + cot.render_target(r, order)
-           for r in records for order in cot.ORDERS]
-  return train_sentencepiece(texts * 3, 350, tmp_path_factory.mktemp("tok"))
+    texts = [cot.render_prompt(r["query"], r["item_title"]) + cot.render_target(r, order)
+             for r in records for order in cot.ORDERS]
+    return train_sentencepiece(texts * 3, 350, tmp_path_factory.mktemp("tok"))
 
 
 def all_batches(dataset):
-  return [dataset[k] for k in range(len(dataset))]
+    return [dataset[k] for k in range(len(dataset))]
 
 
 @pytest.mark.parametrize("order", cot.ORDERS)
 def test_sft_batches_fixed_shapes_and_exact_loss_mask(records, tokenizer, order):
-  ds = loader.sft_dataset(records, tokenizer, batch_size=4, buckets=BUCKETS, order=order,
-                          drop_remainder=False)
-  seen = []
-  for batch in all_batches(ds):
-    T = batch["tokens"].shape[1]
-    assert T in BUCKETS
-    assert {k: v.shape for k, v in batch.items()} == {
-        "tokens": (4, T), "loss_mask": (4, T), "attention_mask": (4, T), "labels": (4,),
-        "prompt_len": (4,), "example_mask": (4,), "index": (4,)}
-    assert batch["tokens"].dtype == np.int32 and batch["loss_mask"].dtype == bool
-    for row in range(4):
-      i = int(batch["index"][row])
-      if not batch["example_mask"][row]:
-        assert i == -1 and not batch["attention_mask"][row].any()
-        assert not batch["loss_mask"][row].any() and batch["labels"][row] == -1
-        continue
-      seen.append(i)
-      record, tokens = records[i], batch["tokens"][row]
-      n = int(batch["attention_mask"][row].sum())
-      assert batch["attention_mask"][row, :n].all()  # right padding
-      assert (tokens[n:] == tokenizer.pad_id).all()
-      assert BUCKETS[BUCKETS.index(T) - 1] < n if T != BUCKETS[0] else n <= T  # smallest fit
-      p = int(batch["prompt_len"][row])
-      assert tokenizer.decode(tokens[:p]) == cot.render_prompt(record["query"],
-                                                               record["item_title"])
-      # The loss covers exactly the target and EOS: positions p..n-1.
-      assert np.array_equal(np.flatnonzero(batch["loss_mask"][row]), np.arange(p, n))
-      assert tokenizer.decode(tokens[p:n]) == cot.render_target(record, order) + st.EOS
-      first_target = tokens[p]
-      if order == "answer_first" or record["annotations"] is None:
-        assert first_target == tokenizer.label_ids[st.LABELS.index(record["label"])]
-      else:
-        assert first_target == tokenizer.step_marker_ids[0]
-      assert batch["labels"][row] == st.LABELS.index(record["label"])
-  assert sorted(seen) == list(range(len(records)))  # every record exactly once
+    ds = loader.sft_dataset(records, tokenizer, batch_size=4, buckets=BUCKETS, order=order,
+                            drop_remainder=False)
+    seen = []
+    for batch in all_batches(ds):
+        T = batch["tokens"].shape[1]
+        assert T in BUCKETS
+        assert {k: v.shape for k, v in batch.items()} == {
+            "tokens": (4, T), "loss_mask": (4, T), "attention_mask": (4, T), "labels": (4,),
+            "prompt_len": (4,), "example_mask": (4,), "index": (4,)}
+        assert batch["tokens"].dtype == np.int32 and batch["loss_mask"].dtype == bool
+        for row in range(4):
+            i = int(batch["index"][row])
+            if not batch["example_mask"][row]:
+                assert i == -1 and not batch["attention_mask"][row].any()
+                assert not batch["loss_mask"][row].any() and batch["labels"][row] == -1
+                continue
+            seen.append(i)
+            record, tokens = records[i], batch["tokens"][row]
+            n = int(batch["attention_mask"][row].sum())
+            assert batch["attention_mask"][row, :n].all()  # right padding
+            assert (tokens[n:] == tokenizer.pad_id).all()
+            assert BUCKETS[BUCKETS.index(T) - 1] < n if T != BUCKETS[0] else n <= T  # smallest fit
+            p = int(batch["prompt_len"][row])
+            assert tokenizer.decode(tokens[:p]) == cot.render_prompt(record["query"],
+                                                                     record["item_title"])
+            # The loss covers exactly the target and EOS: positions p..n-1.
+            assert np.array_equal(np.flatnonzero(batch["loss_mask"][row]), np.arange(p, n))
+            assert tokenizer.decode(tokens[p:n]) == cot.render_target(record, order) + st.EOS
+            first_target = tokens[p]
+            if order == "answer_first" or record["annotations"] is None:
+                assert first_target == tokenizer.label_ids[st.LABELS.index(record["label"])]
+            else:
+                assert first_target == tokenizer.step_marker_ids[0]
+            assert batch["labels"][row] == st.LABELS.index(record["label"])
+    assert sorted(seen) == list(range(len(records)))  # every record exactly once
 
 
 def test_drop_remainder_gives_full_batches_of_one_bucket(records, tokenizer):
-  ds = loader.sft_dataset(records, tokenizer, batch_size=4, buckets=BUCKETS, num_epochs=3)
-  assert len(ds) == 3 * ds.batches_per_epoch
-  for batch in all_batches(ds):
-    assert batch["example_mask"].all()
-  shapes = {batch["tokens"].shape for batch in all_batches(ds)}
-  assert len(shapes) <= len(BUCKETS)
+    ds = loader.sft_dataset(records, tokenizer, batch_size=4, buckets=BUCKETS, num_epochs=3)
+    assert len(ds) == 3 * ds.batches_per_epoch
+    for batch in all_batches(ds):
+        assert batch["example_mask"].all()
+    shapes = {batch["tokens"].shape for batch in all_batches(ds)}
+    assert len(shapes) <= len(BUCKETS)
 
 
 def test_shuffle_is_deterministic_by_seed_and_differs_by_epoch(records, tokenizer):
-  def order(seed):
-    ds = loader.sft_dataset(records, tokenizer, batch_size=4, buckets=BUCKETS, seed=seed,
-                            num_epochs=2)
-    return [tuple(b["index"]) for b in all_batches(ds)], ds.batches_per_epoch
+    def order(seed):
+        ds = loader.sft_dataset(records, tokenizer, batch_size=4, buckets=BUCKETS, seed=seed,
+                                num_epochs=2)
+        return [tuple(b["index"]) for b in all_batches(ds)], ds.batches_per_epoch
 
-  (first, n), (again, _), (other, _) = order(0), order(0), order(1)
-  assert first == again
-  assert first != other
-  assert first[:n] != first[n:]  # epoch 2 is reshuffled
-  for epoch in (first[:n], first[n:]):  # each epoch: distinct records, equally many
-    flat = sum(epoch, ())
-    assert len(set(flat)) == len(flat) == 4 * n
+    (first, n), (again, _), (other, _) = order(0), order(0), order(1)
+    assert first == again
+    assert first != other
+    assert first[:n] != first[n:]  # epoch 2 is reshuffled
+    for epoch in (first[:n], first[n:]):  # each epoch: distinct records, equally many
+        flat = sum(epoch, ())
+        assert len(set(flat)) == len(flat) == 4 * n
 
 
 def test_resume_from_grain_state_and_from_position(records, tokenizer):
-  def build():
-    return loader.sft_dataset(records, tokenizer, batch_size=4, buckets=BUCKETS, seed=3,
-                              num_epochs=None)
+    def build():
+        return loader.sft_dataset(records, tokenizer, batch_size=4, buckets=BUCKETS, seed=3,
+                                  num_epochs=None)
 
-  it = build().iterator()
-  for _ in range(5):
-    next(it)
-  state = it.get_state()
-  expected = [next(it) for _ in range(12)]  # crosses into the next epochs
-  resumed = build().iterator(state)
-  for want in expected:
-    got = next(resumed)
-    assert all(np.array_equal(got[k], want[k]) for k in want)
-  by_position = build()
-  assert all(np.array_equal(by_position[5 + j]["tokens"], expected[j]["tokens"])
-             for j in range(12))
+    it = build().iterator()
+    for _ in range(5):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(12)]  # crosses into the next epochs
+    resumed = build().iterator(state)
+    for want in expected:
+        got = next(resumed)
+        assert all(np.array_equal(got[k], want[k]) for k in want)
+    by_position = build()
+    assert all(np.array_equal(by_position[5 + j]["tokens"], expected[j]["tokens"])
+               for j in range(12))
 
 
 def test_prompt_batches_left_padded_and_complete(records, tokenizer):
-  ds = loader.prompt_dataset(records, tokenizer, batch_size=8, buckets=(16, 32, 64))
-  seen = []
-  for batch in all_batches(ds):
-    T = batch["tokens"].shape[1]
-    assert T in (16, 32, 64) and batch["tokens"].shape == (8, T)
-    for row in np.flatnonzero(batch["example_mask"]):
-      i = int(batch["index"][row])
-      seen.append(i)
-      p = int(batch["prompt_len"][row])
-      assert batch["attention_mask"][row].sum() == p and batch["attention_mask"][row, T - p:].all()
-      assert batch["tokens"][row, -1] == tokenizer.answer_id
-      assert tokenizer.decode(batch["tokens"][row, T - p:]) == cot.render_prompt(
-          records[i]["query"], records[i]["item_title"])
-    first = int(np.flatnonzero(batch["example_mask"])[0])
-    for row in np.flatnonzero(~batch["example_mask"]):  # filler: a valid copy of a real row
-      assert batch["index"][row] == -1 and batch["labels"][row] == -1
-      assert np.array_equal(batch["tokens"][row], batch["tokens"][first])
-      assert np.array_equal(batch["attention_mask"][row], batch["attention_mask"][first])
-  assert sorted(seen) == list(range(len(records)))
+    ds = loader.prompt_dataset(records, tokenizer, batch_size=8, buckets=(16, 32, 64))
+    seen = []
+    for batch in all_batches(ds):
+        T = batch["tokens"].shape[1]
+        assert T in (16, 32, 64) and batch["tokens"].shape == (8, T)
+        for row in np.flatnonzero(batch["example_mask"]):
+            i = int(batch["index"][row])
+            seen.append(i)
+            p = int(batch["prompt_len"][row])
+            assert batch["attention_mask"][row].sum() == p and batch["attention_mask"][row, T - p:].all()
+            assert batch["tokens"][row, -1] == tokenizer.answer_id
+            assert tokenizer.decode(batch["tokens"][row, T - p:]) == cot.render_prompt(
+                records[i]["query"], records[i]["item_title"])
+        first = int(np.flatnonzero(batch["example_mask"])[0])
+        for row in np.flatnonzero(~batch["example_mask"]):  # filler: a valid copy of a real row
+            assert batch["index"][row] == -1 and batch["labels"][row] == -1
+            assert np.array_equal(batch["tokens"][row], batch["tokens"][first])
+            assert np.array_equal(batch["attention_mask"][row], batch["attention_mask"][first])
+    assert sorted(seen) == list(range(len(records)))
 
 
 def test_overlong_error_and_skip(records, tokenizer):
-  with pytest.raises(ValueError, match="longer than the largest bucket"):
-    loader.sft_dataset(records, tokenizer, batch_size=2, buckets=(40,))
-  ds = loader.sft_dataset(records, tokenizer, batch_size=2, buckets=(40,), overlong="skip",
-                          drop_remainder=False)
-  kept = [i for b in all_batches(ds) for i in b["index"] if i >= 0]
-  assert ds.num_skipped > 0 and len(kept) + ds.num_skipped == len(records)
+    with pytest.raises(ValueError, match="longer than the largest bucket"):
+        loader.sft_dataset(records, tokenizer, batch_size=2, buckets=(40,))
+    ds = loader.sft_dataset(records, tokenizer, batch_size=2, buckets=(40,), overlong="skip",
+                            drop_remainder=False)
+    kept = [i for b in all_batches(ds) for i in b["index"] if i >= 0]
+    assert ds.num_skipped > 0 and len(kept) + ds.num_skipped == len(records)
 
 
 def test_bad_arguments(records, tokenizer):
-  with pytest.raises(ValueError, match="buckets"):
-    loader.sft_dataset(records, tokenizer, batch_size=2, buckets=(64, 32))
-  with pytest.raises(ValueError, match="label"):
-    loader.prompt_dataset([dict(records[0], label="L9")], tokenizer, batch_size=2)
+    with pytest.raises(ValueError, match="buckets"):
+        loader.sft_dataset(records, tokenizer, batch_size=2, buckets=(64, 32))
+    with pytest.raises(ValueError, match="label"):
+        loader.prompt_dataset([dict(records[0], label="L9")], tokenizer, batch_size=2)
 
 
 def test_shopworld_records_through_both_orders(tmp_path):
-  from she_jax.data import shopworld
-  splits = shopworld.generate_splits(
-      shopworld.WorldConfig.preset("tiny", sft_size=60, rl_size=10, dev_size=10, test_size=5))
-  tok = train_sentencepiece(shopworld.tokenizer_corpus(splits), 600, tmp_path / "tok")
-  for order in cot.ORDERS:
-    ds = loader.sft_dataset(splits["sft"], tok, batch_size=8, order=order, drop_remainder=False)
-    for batch in all_batches(ds):
-      for row in np.flatnonzero(batch["example_mask"]):
-        target = batch["tokens"][row][batch["loss_mask"][row]]
-        assert target[-1] == tok.eos_id
-        parsed = cot.parse_cot(tok.decode(target[:-1]), order)
-        record = splits["sft"][batch["index"][row]]
-        assert parsed.format_valid and parsed.label == record["label"]
-        assert parsed.steps == record["annotations"]
+    from she_jax.data import shopworld
+    splits = shopworld.generate_splits(
+        shopworld.WorldConfig.preset("tiny", sft_size=60, rl_size=10, dev_size=10, test_size=5))
+    tok = train_sentencepiece(shopworld.tokenizer_corpus(splits), 600, tmp_path / "tok")
+    for order in cot.ORDERS:
+        ds = loader.sft_dataset(splits["sft"], tok, batch_size=8, order=order, drop_remainder=False)
+        for batch in all_batches(ds):
+            for row in np.flatnonzero(batch["example_mask"]):
+                target = batch["tokens"][row][batch["loss_mask"][row]]
+                assert target[-1] == tok.eos_id
+                parsed = cot.parse_cot(tok.decode(target[:-1]), order)
+                record = splits["sft"][batch["index"][row]]
+                assert parsed.format_valid and parsed.label == record["label"]
+                assert parsed.steps == record["annotations"]

@@ -132,6 +132,26 @@ def test_off_policy_tokens_use_shaped_probability_and_its_gradient():
     assert float(row_flag) == pytest.approx(-1.0, rel=1e-5)
 
 
+def test_kl_is_taken_over_on_policy_tokens_only():
+    # Token 0 is a guided gold token the policy finds unlikely (logp -20) and the reference
+    # likely (-1): k3 there would be e^19 - 19 - 1 ~ 1.8e8. It must not enter the loss.
+    logp = jnp.array([[-20.0, math.log(0.5)]])
+    ref = jnp.array([[-1.0, math.log(0.25)]])
+    zeros = jnp.zeros((1, 2))
+    mask = jnp.ones((1, 2), bool)
+    off = jnp.array([[True, False]])
+    loss_sum, aux = losses.policy_loss(logp, logp, zeros, mask, ref_logp=ref, kl_beta=1.0,
+                                       off_policy=off)
+    # On-policy token 1: delta = ln(1/2), k3 = 1/2 - ln(1/2) - 1 = ln 2 - 1/2.
+    expected_k3 = LN2 - 0.5
+    assert tuple(map(float, aux["kl"])) == pytest.approx((expected_k3, 1.0), rel=1e-5)
+    # The loss: gold token pg = -f(p) * 0 = 0, on-policy pg = 0, plus the on-policy k3.
+    assert float(loss_sum) == pytest.approx(expected_k3, rel=1e-5)
+    grad = jax.grad(lambda lp: losses.policy_loss(lp, logp, zeros, mask, ref_logp=ref,
+                                                  kl_beta=1.0, off_policy=off)[0])(logp)
+    assert float(grad[0, 0]) == 0.0 and np.isfinite(np.asarray(grad)).all()
+
+
 # ---------------------------------------------------------------------- aggregation
 
 

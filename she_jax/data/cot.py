@@ -35,242 +35,242 @@ _LABEL_FACT_RE = re.compile(r"^label\s*:\s*(L[1-4])$", re.IGNORECASE)
 
 
 def _check_order(order: str) -> None:
-  if order not in ORDERS:
-    raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
 
 
 def _check_fact(fact: str, step_name: str) -> None:
-  if not isinstance(fact, str) or not fact.strip():
-    raise ValueError(f"step {step_name!r}: a fact must be a non-empty string, got {fact!r}")
-  # These would make the rendered text parse back differently.
-  if ";" in fact or "\n" in fact or _CONTROL_RE.search(fact):
-    raise ValueError(
-        f"step {step_name!r}: fact {fact!r} contains ';', a newline or a control token")
+    if not isinstance(fact, str) or not fact.strip():
+        raise ValueError(f"step {step_name!r}: a fact must be a non-empty string, got {fact!r}")
+    # These would make the rendered text parse back differently.
+    if ";" in fact or "\n" in fact or _CONTROL_RE.search(fact):
+        raise ValueError(
+            f"step {step_name!r}: fact {fact!r} contains ';', a newline or a control token")
 
 
 def render_steps(annotations: Mapping[str, Sequence[str]] | None) -> str:
-  """Renders the five step blocks "<|step1|> f; f <|step2|> ..." (missing steps are empty)."""
-  annotations = annotations or {}
-  unknown = set(annotations) - set(st.STEP_NAMES)
-  if unknown:
-    raise ValueError(f"unknown step names {sorted(unknown)}; expected {st.STEP_NAMES}")
-  blocks = []
-  for name, marker in zip(st.STEP_NAMES, st.STEP_MARKERS):
-    facts = list(annotations.get(name) or ())
-    for fact in facts:
-      _check_fact(fact, name)
-    blocks.append(f"{marker} {FACT_SEPARATOR.join(f.strip() for f in facts)}".rstrip())
-  return " ".join(blocks)
+    """Renders the five step blocks "<|step1|> f; f <|step2|> ..." (missing steps are empty)."""
+    annotations = annotations or {}
+    unknown = set(annotations) - set(st.STEP_NAMES)
+    if unknown:
+        raise ValueError(f"unknown step names {sorted(unknown)}; expected {st.STEP_NAMES}")
+    blocks = []
+    for name, marker in zip(st.STEP_NAMES, st.STEP_MARKERS):
+        facts = list(annotations.get(name) or ())
+        for fact in facts:
+            _check_fact(fact, name)
+        blocks.append(f"{marker} {FACT_SEPARATOR.join(f.strip() for f in facts)}".rstrip())
+    return " ".join(blocks)
 
 
 def label_token(label: str) -> str:
-  """'L4' -> '<|L4|>'."""
-  if label not in st.LABELS:
-    raise ValueError(f"unknown label {label!r}; expected one of {st.LABELS}")
-  return st.LABEL_TOKENS[st.LABELS.index(label)]
+    """'L4' -> '<|L4|>'."""
+    if label not in st.LABELS:
+        raise ValueError(f"unknown label {label!r}; expected one of {st.LABELS}")
+    return st.LABEL_TOKENS[st.LABELS.index(label)]
 
 
 def render_cot(annotations: Mapping[str, Sequence[str]] | None, label: str,
                order: str = "think_first") -> str:
-  """Renders step annotations and the label as CoT text in the given order."""
-  _check_order(order)
-  steps, token = render_steps(annotations), label_token(label)
-  return f"{steps} {token}" if order == "think_first" else f"{token} {steps}"
+    """Renders step annotations and the label as CoT text in the given order."""
+    _check_order(order)
+    steps, token = render_steps(annotations), label_token(label)
+    return f"{steps} {token}" if order == "think_first" else f"{token} {steps}"
 
 
 def render_prompt(query: str, item_title: str) -> str:
-  """The prompt text; the model's output starts after the ANSWER token."""
-  return f"{st.QUERY} {query} {st.ITEM} {item_title} {st.ANSWER}"
+    """The prompt text; the model's output starts after the ANSWER token."""
+    return f"{st.QUERY} {query} {st.ITEM} {item_title} {st.ANSWER}"
 
 
 def render_target(record: Mapping, order: str = "think_first") -> str:
-  """The training target text of a record (no EOS): its CoT in `order`, or just the label
-  token when the record has neither annotations nor a CoT (plain-label SFT)."""
-  _check_order(order)
-  label = record["label"]
-  if record.get("annotations"):
-    return render_cot(record["annotations"], label, order)
-  if record.get("cot"):
-    # Only the gold think-first text is stored; re-render it in the requested order.
-    parsed = parse_cot(record["cot"], "think_first")
-    if not parsed.format_valid:
-      raise ValueError(f"record {record.get('id')!r}: stored cot is not valid: {parsed.errors}")
-    return render_cot(parsed.steps, label, order)
-  return label_token(label)
+    """The training target text of a record (no EOS): its CoT in `order`, or just the label
+    token when the record has neither annotations nor a CoT (plain-label SFT)."""
+    _check_order(order)
+    label = record["label"]
+    if record.get("annotations"):
+        return render_cot(record["annotations"], label, order)
+    if record.get("cot"):
+        # Only the gold think-first text is stored; re-render it in the requested order.
+        parsed = parse_cot(record["cot"], "think_first")
+        if not parsed.format_valid:
+            raise ValueError(f"record {record.get('id')!r}: stored cot is not valid: {parsed.errors}")
+        return render_cot(parsed.steps, label, order)
+    return label_token(label)
 
 
 @dataclasses.dataclass(frozen=True)
 class ParsedCoT:
-  """A parsed CoT. steps: {step_name: [facts]} for the steps present; label: 'L4'.. or None;
-  errors: human-readable format errors, empty iff the text is in the exact format."""
-  steps: dict[str, list[str]]
-  label: str | None
-  errors: tuple[str, ...]
+    """A parsed CoT. steps: {step_name: [facts]} for the steps present; label: 'L4'.. or None;
+    errors: human-readable format errors, empty iff the text is in the exact format."""
+    steps: dict[str, list[str]]
+    label: str | None
+    errors: tuple[str, ...]
 
-  @property
-  def format_valid(self) -> bool:
-    return not self.errors
+    @property
+    def format_valid(self) -> bool:
+        return not self.errors
 
-  @property
-  def label_id(self) -> int | None:
-    return None if self.label is None else st.LABELS.index(self.label)
+    @property
+    def label_id(self) -> int | None:
+        return None if self.label is None else st.LABELS.index(self.label)
 
 
 def _split_facts(body: str) -> list[str]:
-  return [" ".join(f.split()) for f in body.split(";") if f.strip()]
+    return [" ".join(f.split()) for f in body.split(";") if f.strip()]
 
 
 def parse_cot(text: str, order: str = "think_first") -> ParsedCoT:
-  """Parses CoT text tolerantly: never raises on bad text, reports what is wrong in `errors`.
+    """Parses CoT text tolerantly: never raises on bad text, reports what is wrong in `errors`.
 
-  Whitespace is free; a trailing EOS/PAD is ignored. Duplicate step markers merge their facts
-  into the step (and are an error); the label is the label token at the expected end
-  (last for think-first, first for answer-first), else the first label token found.
-  """
-  _check_order(order)
-  errors: list[str] = []
-  text = text.strip()
-  while text.endswith(_TRAILING_IGNORED):
-    for piece in _TRAILING_IGNORED:
-      text = text.removesuffix(piece).rstrip()
+    Whitespace is free; a trailing EOS/PAD is ignored. Duplicate step markers merge their facts
+    into the step (and are an error); the label is the label token at the expected end
+    (last for think-first, first for answer-first), else the first label token found.
+    """
+    _check_order(order)
+    errors: list[str] = []
+    text = text.strip()
+    while text.endswith(_TRAILING_IGNORED):
+        for piece in _TRAILING_IGNORED:
+            text = text.removesuffix(piece).rstrip()
 
-  # Tokens: (kind, value) with kind in {'step', 'label', 'text'}.
-  pieces: list[tuple[str, str]] = []
-  pos = 0
-  for m in _CONTROL_RE.finditer(text):
-    if text[pos:m.start()].strip():
-      pieces.append(("text", text[pos:m.start()]))
-    tok = m.group(0)
-    if tok in _STEP_INDEX:
-      pieces.append(("step", tok))
-    elif tok in _LABEL_OF_TOKEN:
-      pieces.append(("label", tok))
+    # Tokens: (kind, value) with kind in {'step', 'label', 'text'}.
+    pieces: list[tuple[str, str]] = []
+    pos = 0
+    for m in _CONTROL_RE.finditer(text):
+        if text[pos:m.start()].strip():
+            pieces.append(("text", text[pos:m.start()]))
+        tok = m.group(0)
+        if tok in _STEP_INDEX:
+            pieces.append(("step", tok))
+        elif tok in _LABEL_OF_TOKEN:
+            pieces.append(("label", tok))
+        else:
+            errors.append(f"unexpected control token {tok}")
+        pos = m.end()
+    if text[pos:].strip():
+        pieces.append(("text", text[pos:]))
+
+    steps: dict[str, list[str]] = {}
+    seen_order: list[int] = []
+    current: int | None = None
+    for kind, value in pieces:
+        if kind == "step":
+            idx = _STEP_INDEX[value]
+            if idx in seen_order:
+                errors.append(f"duplicate step marker {value}")
+            elif seen_order and idx < max(seen_order):
+                errors.append(f"out-of-order step marker {value}")
+            seen_order.append(idx)
+            current = idx
+            steps.setdefault(st.STEP_NAMES[idx], [])
+        elif kind == "text":
+            if current is None:
+                errors.append(f"text outside any step: {value.strip()[:40]!r}")
+                continue
+            steps[st.STEP_NAMES[current]].extend(_split_facts(value))
+        else:
+            current = None  # text after a label token belongs to no step.
+    for idx, marker in enumerate(st.STEP_MARKERS):
+        if idx not in seen_order:
+            errors.append(f"missing step marker {marker}")
+    for name, facts in steps.items():
+        for fact in facts:
+            if ":" not in fact:
+                errors.append(f"step {name!r}: fact {fact!r} is not 'key: value'")
+
+    label_positions = [i for i, (kind, _) in enumerate(pieces) if kind == "label"]
+    label = None
+    if not label_positions:
+        errors.append("missing label token")
     else:
-      errors.append(f"unexpected control token {tok}")
-    pos = m.end()
-  if text[pos:].strip():
-    pieces.append(("text", text[pos:]))
-
-  steps: dict[str, list[str]] = {}
-  seen_order: list[int] = []
-  current: int | None = None
-  for kind, value in pieces:
-    if kind == "step":
-      idx = _STEP_INDEX[value]
-      if idx in seen_order:
-        errors.append(f"duplicate step marker {value}")
-      elif seen_order and idx < max(seen_order):
-        errors.append(f"out-of-order step marker {value}")
-      seen_order.append(idx)
-      current = idx
-      steps.setdefault(st.STEP_NAMES[idx], [])
-    elif kind == "text":
-      if current is None:
-        errors.append(f"text outside any step: {value.strip()[:40]!r}")
-        continue
-      steps[st.STEP_NAMES[current]].extend(_split_facts(value))
-    else:
-      current = None  # text after a label token belongs to no step.
-  for idx, marker in enumerate(st.STEP_MARKERS):
-    if idx not in seen_order:
-      errors.append(f"missing step marker {marker}")
-  for name, facts in steps.items():
-    for fact in facts:
-      if ":" not in fact:
-        errors.append(f"step {name!r}: fact {fact!r} is not 'key: value'")
-
-  label_positions = [i for i, (kind, _) in enumerate(pieces) if kind == "label"]
-  label = None
-  if not label_positions:
-    errors.append("missing label token")
-  else:
-    if len(label_positions) > 1:
-      errors.append(f"{len(label_positions)} label tokens")
-    expected = len(pieces) - 1 if order == "think_first" else 0
-    at = expected if expected in label_positions else label_positions[0]
-    label = _LABEL_OF_TOKEN[pieces[at][1]]
-    if at != expected:
-      where = "last" if order == "think_first" else "first"
-      errors.append(f"label token is not {where} ({order})")
-  for fact in steps.get(st.STEP_NAMES[-1], []):
-    m = _LABEL_FACT_RE.match(fact)
-    if m and label is not None and m.group(1).upper() != label:
-      errors.append(f"judgment states label {m.group(1).upper()} but the label token is {label}")
-  return ParsedCoT(steps=steps, label=label, errors=tuple(errors))
+        if len(label_positions) > 1:
+            errors.append(f"{len(label_positions)} label tokens")
+        expected = len(pieces) - 1 if order == "think_first" else 0
+        at = expected if expected in label_positions else label_positions[0]
+        label = _LABEL_OF_TOKEN[pieces[at][1]]
+        if at != expected:
+            where = "last" if order == "think_first" else "first"
+            errors.append(f"label token is not {where} ({order})")
+    for fact in steps.get(st.STEP_NAMES[-1], []):
+        m = _LABEL_FACT_RE.match(fact)
+        if m and label is not None and m.group(1).upper() != label:
+            errors.append(f"judgment states label {m.group(1).upper()} but the label token is {label}")
+    return ParsedCoT(steps=steps, label=label, errors=tuple(errors))
 
 
 def step_ids_for_tokens(token_ids: np.ndarray, step_marker_ids: Sequence[int],
                         label_ids: Sequence[int], mask: np.ndarray | None = None) -> np.ndarray:
-  """The CoT segment of every token of generated sequences, for step-level rewards.
+    """The CoT segment of every token of generated sequences, for step-level rewards.
 
-  token_ids: [..., T] int (e.g. [T] or [B, T]); mask: [..., T] bool, False = padding.
-  Returns [..., T] int32: the segment of the latest structural token at or before each
-  position — k for <|step{k+1}|> (0..4), 5 for a label token — and -1 before the first
-  one and at padding. So a step's marker and its facts share an id; what follows a label
-  token (EOS in think-first) carries 5 until the next step marker.
-  """
-  token_ids = np.asarray(token_ids)
-  marker_value = _marker_values(token_ids, step_marker_ids, label_ids, np)
-  positions = np.broadcast_to(np.arange(token_ids.shape[-1]), token_ids.shape)
-  last_marker = np.maximum.accumulate(np.where(marker_value >= 0, positions, -1), axis=-1)
-  ids = np.where(last_marker >= 0,
-                 np.take_along_axis(marker_value, np.maximum(last_marker, 0), axis=-1), -1)
-  if mask is not None:
-    ids = np.where(np.asarray(mask, bool), ids, -1)
-  return ids.astype(np.int32)
+    token_ids: [..., T] int (e.g. [T] or [B, T]); mask: [..., T] bool, False = padding.
+    Returns [..., T] int32: the segment of the latest structural token at or before each
+    position — k for <|step{k+1}|> (0..4), 5 for a label token — and -1 before the first
+    one and at padding. So a step's marker and its facts share an id; what follows a label
+    token (EOS in think-first) carries 5 until the next step marker.
+    """
+    token_ids = np.asarray(token_ids)
+    marker_value = _marker_values(token_ids, step_marker_ids, label_ids, np)
+    positions = np.broadcast_to(np.arange(token_ids.shape[-1]), token_ids.shape)
+    last_marker = np.maximum.accumulate(np.where(marker_value >= 0, positions, -1), axis=-1)
+    ids = np.where(last_marker >= 0,
+                   np.take_along_axis(marker_value, np.maximum(last_marker, 0), axis=-1), -1)
+    if mask is not None:
+        ids = np.where(np.asarray(mask, bool), ids, -1)
+    return ids.astype(np.int32)
 
 
 def step_ids_for_tokens_jax(token_ids, step_marker_ids: Sequence[int], label_ids: Sequence[int],
                             mask=None):
-  """jit-able twin of `step_ids_for_tokens` (the ids are static Python ints).
+    """jit-able twin of `step_ids_for_tokens` (the ids are static Python ints).
 
-  token_ids: [B, T] int; mask: [B, T] bool or None. Returns [B, T] int32.
-  """
-  import jax
-  import jax.numpy as jnp
-  marker_value = _marker_values(token_ids, step_marker_ids, label_ids, jnp)
-  positions = jnp.broadcast_to(jnp.arange(token_ids.shape[-1]), token_ids.shape)
-  last_marker = jax.lax.cummax(jnp.where(marker_value >= 0, positions, -1),
-                               axis=token_ids.ndim - 1)
-  ids = jnp.where(last_marker >= 0,
-                  jnp.take_along_axis(marker_value, jnp.maximum(last_marker, 0), axis=-1), -1)
-  if mask is not None:
-    ids = jnp.where(mask, ids, -1)
-  return ids.astype(jnp.int32)
+    token_ids: [B, T] int; mask: [B, T] bool or None. Returns [B, T] int32.
+    """
+    import jax
+    import jax.numpy as jnp
+    marker_value = _marker_values(token_ids, step_marker_ids, label_ids, jnp)
+    positions = jnp.broadcast_to(jnp.arange(token_ids.shape[-1]), token_ids.shape)
+    last_marker = jax.lax.cummax(jnp.where(marker_value >= 0, positions, -1),
+                                 axis=token_ids.ndim - 1)
+    ids = jnp.where(last_marker >= 0,
+                    jnp.take_along_axis(marker_value, jnp.maximum(last_marker, 0), axis=-1), -1)
+    if mask is not None:
+        ids = jnp.where(mask, ids, -1)
+    return ids.astype(jnp.int32)
 
 
 def _marker_values(token_ids, step_marker_ids, label_ids, xp):
-  """[..., T]: k at <|step{k+1}|>, 5 at a label token, -1 elsewhere."""
-  if len(step_marker_ids) != len(st.STEP_MARKERS) or len(label_ids) != len(st.LABELS):
-    raise ValueError(f"need {len(st.STEP_MARKERS)} step marker ids and {len(st.LABELS)} label "
-                     f"ids, got {len(step_marker_ids)} and {len(label_ids)}")
-  value = xp.full(token_ids.shape, -1, dtype=xp.int32)
-  for k, marker_id in enumerate(step_marker_ids):
-    value = xp.where(token_ids == marker_id, k, value)
-  for label_id in label_ids:
-    value = xp.where(token_ids == label_id, LABEL_STEP_ID, value)
-  return value
+    """[..., T]: k at <|step{k+1}|>, 5 at a label token, -1 elsewhere."""
+    if len(step_marker_ids) != len(st.STEP_MARKERS) or len(label_ids) != len(st.LABELS):
+        raise ValueError(f"need {len(st.STEP_MARKERS)} step marker ids and {len(st.LABELS)} label "
+                         f"ids, got {len(step_marker_ids)} and {len(label_ids)}")
+    value = xp.full(token_ids.shape, -1, dtype=xp.int32)
+    for k, marker_id in enumerate(step_marker_ids):
+        value = xp.where(token_ids == marker_id, k, value)
+    for label_id in label_ids:
+        value = xp.where(token_ids == label_id, LABEL_STEP_ID, value)
+    return value
 
 
 def normalize_fact(fact: str) -> str:
-  """Canonical form of a fact for matching: NFKC, lowercase, punctuation as space, single
-  spaces, and "key: value" with exactly one ': ' after the key (the first colon)."""
-  fact = unicodedata.normalize("NFKC", fact).lower()
-  key, sep, value = fact.partition(":")
+    """Canonical form of a fact for matching: NFKC, lowercase, punctuation as space, single
+    spaces, and "key: value" with exactly one ': ' after the key (the first colon)."""
+    fact = unicodedata.normalize("NFKC", fact).lower()
+    key, sep, value = fact.partition(":")
 
-  def clean(s: str) -> str:
-    s = "".join(" " if unicodedata.category(c).startswith("P") else c for c in s)
-    return " ".join(s.split())
+    def clean(s: str) -> str:
+        s = "".join(" " if unicodedata.category(c).startswith("P") else c for c in s)
+        return " ".join(s.split())
 
-  return f"{clean(key)}: {clean(value)}" if sep else clean(key)
+    return f"{clean(key)}: {clean(value)}" if sep else clean(key)
 
 
 def missing_facts(stated_facts: Sequence[str], annotated_facts: Sequence[str]) -> list[str]:
-  """The annotated facts that no stated fact matches after `normalize_fact`, in order."""
-  stated = {normalize_fact(f) for f in stated_facts}
-  return [f for f in annotated_facts if normalize_fact(f) not in stated]
+    """The annotated facts that no stated fact matches after `normalize_fact`, in order."""
+    stated = {normalize_fact(f) for f in stated_facts}
+    return [f for f in annotated_facts if normalize_fact(f) not in stated]
 
 
 def facts_match(stated_facts: Sequence[str], annotated_facts: Sequence[str]) -> bool:
-  """True iff every annotated fact is stated (normalized; extra stated facts are allowed)."""
-  return not missing_facts(stated_facts, annotated_facts)
+    """True iff every annotated fact is stated (normalized; extra stated facts are allowed)."""
+    return not missing_facts(stated_facts, annotated_facts)

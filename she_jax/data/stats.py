@@ -34,147 +34,147 @@ PERCENTILES = (50, 90, 99)
 
 
 def cot_text(record: Mapping) -> str | None:
-  """The think-first CoT text of a record, or None if it has none."""
-  if record.get("cot"):
-    return record["cot"]
-  if record.get("annotations"):
-    return cot.render_cot(record["annotations"], record["label"], "think_first")
-  return None
+    """The think-first CoT text of a record, or None if it has none."""
+    if record.get("cot"):
+        return record["cot"]
+    if record.get("annotations"):
+        return cot.render_cot(record["annotations"], record["label"], "think_first")
+    return None
 
 
 def compute_stats(records: Sequence[Mapping], tokenizer=None,
                   skipped: Mapping[str, int] | None = None) -> dict[str, Any]:
-  """The statistics of `records` as a JSON-ready dict (see module docstring for keys).
+    """The statistics of `records` as a JSON-ready dict (see module docstring for keys).
 
-  tokenizer: anything with encode_batch(texts) -> ids; needed only if some record has a CoT.
-  """
-  labels = collections.Counter(r["label"] for r in records)
-  counts = np.array([labels.get(label, 0) for label in sorted(st.LABELS)], dtype=np.float64)
-  cv = float(counts.std() / counts.mean()) if counts.sum() else None
-  texts = [t for t in map(cot_text, records) if t is not None]
-  cot_tokens = None
-  if texts:
-    if tokenizer is None:
-      raise ValueError(f"{len(texts)} records have a CoT: a tokenizer is needed to count tokens")
-    lengths = np.array([len(ids) for ids in tokenizer.encode_batch(texts)])
-    cot_tokens = {f"p{q}": float(np.percentile(lengths, q)) for q in PERCENTILES}
-    cot_tokens["max"] = int(lengths.max())
-    cot_tokens["records"] = len(texts)
-  return {
-      "size": len(records),
-      "label_counts": {label: int(labels.get(label, 0)) for label in sorted(st.LABELS)},
-      "label_cv": cv,
-      "query_types": dict(sorted(collections.Counter(r.get("query_type", "unknown")
-                                                     for r in records).items())),
-      "popularity": dict(sorted(collections.Counter(r.get("popularity", "unknown")
-                                                    for r in records).items())),
-      "cot_tokens": cot_tokens,
-      "skipped": dict(skipped or {}),
-  }
+    tokenizer: anything with encode_batch(texts) -> ids; needed only if some record has a CoT.
+    """
+    labels = collections.Counter(r["label"] for r in records)
+    counts = np.array([labels.get(label, 0) for label in sorted(st.LABELS)], dtype=np.float64)
+    cv = float(counts.std() / counts.mean()) if counts.sum() else None
+    texts = [t for t in map(cot_text, records) if t is not None]
+    cot_tokens = None
+    if texts:
+        if tokenizer is None:
+            raise ValueError(f"{len(texts)} records have a CoT: a tokenizer is needed to count tokens")
+        lengths = np.array([len(ids) for ids in tokenizer.encode_batch(texts)])
+        cot_tokens = {f"p{q}": float(np.percentile(lengths, q)) for q in PERCENTILES}
+        cot_tokens["max"] = int(lengths.max())
+        cot_tokens["records"] = len(texts)
+    return {
+        "size": len(records),
+        "label_counts": {label: int(labels.get(label, 0)) for label in sorted(st.LABELS)},
+        "label_cv": cv,
+        "query_types": dict(sorted(collections.Counter(r.get("query_type", "unknown")
+                                                       for r in records).items())),
+        "popularity": dict(sorted(collections.Counter(r.get("popularity", "unknown")
+                                                      for r in records).items())),
+        "cot_tokens": cot_tokens,
+        "skipped": dict(skipped or {}),
+    }
 
 
 def format_report(stats: Mapping[str, Any], source: str) -> str:
-  """The human-readable report."""
-  size = stats["size"]
+    """The human-readable report."""
+    size = stats["size"]
 
-  def mix(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{k} {n} ({100 * n / size:.1f}%)" for k, n in counts.items()) or "-"
+    def mix(counts: Mapping[str, int]) -> str:
+        return ", ".join(f"{k} {n} ({100 * n / size:.1f}%)" for k, n in counts.items()) or "-"
 
-  cv = stats["label_cv"]
-  lines = [
-      f"source:      {source}",
-      f"size:        {size}",
-      f"labels:      {mix(dict(sorted(stats['label_counts'].items(), reverse=True)))}",
-      f"label CV:    {'n/a' if cv is None else f'{cv:.3f}'} (population std / mean of L1..L4)",
-      f"query types: {mix(stats['query_types'])}",
-      f"popularity:  {mix(stats['popularity'])}",
-  ]
-  tokens = stats["cot_tokens"]
-  if tokens is None:
-    lines.append("CoT tokens:  no CoT in the data")
-  else:
-    lines.append(f"CoT tokens:  p50 {tokens['p50']:.0f}, p90 {tokens['p90']:.0f}, "
-                 f"p99 {tokens['p99']:.0f}, max {tokens['max']} ({tokens['records']} records)")
-  skipped = stats["skipped"]
-  lines.append("skipped:     " + (", ".join(f"{k} {n}" for k, n in sorted(skipped.items()))
-                                  if skipped else "none"))
-  return "\n".join(lines)
+    cv = stats["label_cv"]
+    lines = [
+        f"source:      {source}",
+        f"size:        {size}",
+        f"labels:      {mix(dict(sorted(stats['label_counts'].items(), reverse=True)))}",
+        f"label CV:    {'n/a' if cv is None else f'{cv:.3f}'} (population std / mean of L1..L4)",
+        f"query types: {mix(stats['query_types'])}",
+        f"popularity:  {mix(stats['popularity'])}",
+    ]
+    tokens = stats["cot_tokens"]
+    if tokens is None:
+        lines.append("CoT tokens:  no CoT in the data")
+    else:
+        lines.append(f"CoT tokens:  p50 {tokens['p50']:.0f}, p90 {tokens['p90']:.0f}, "
+                     f"p99 {tokens['p99']:.0f}, max {tokens['max']} ({tokens['records']} records)")
+    skipped = stats["skipped"]
+    lines.append("skipped:     " + (", ".join(f"{k} {n}" for k, n in sorted(skipped.items()))
+                                    if skipped else "none"))
+    return "\n".join(lines)
 
 
 def world_tokenizer(world: str, cache_dir: str, vocab_size: int,
                     splits: Mapping[str, Sequence[Mapping]] | None = None):
-  """The SentencePiece tokenizer trained on the ShopWorld corpus (the world's vocabulary and
-  every split's texts), cached on disk. splits: the generated splits, if already at hand."""
-  from she_jax import tokenizer as tokenizer_lib
-  from she_jax.data import shopworld
-  path = os.path.join(cache_dir, "tokenizers", f"shopworld_{world}_vocab{vocab_size}")
-  if os.path.exists(os.path.join(path, tokenizer_lib.CONFIG_FILE)):
-    return tokenizer_lib.load_tokenizer(path)
-  config = shopworld.WorldConfig.preset(world)
-  if splits is None:
-    splits = shopworld.generate_splits(config)
-  corpus = itertools.chain(shopworld.tokenizer_corpus(shopworld.build_world(config)),
-                           shopworld.tokenizer_corpus(splits))
-  return tokenizer_lib.train_sentencepiece(corpus, vocab_size, path)
+    """The SentencePiece tokenizer trained on the ShopWorld corpus (the world's vocabulary and
+    every split's texts), cached on disk. splits: the generated splits, if already at hand."""
+    from she_jax import tokenizer as tokenizer_lib
+    from she_jax.data import shopworld
+    path = os.path.join(cache_dir, "tokenizers", f"shopworld_{world}_vocab{vocab_size}")
+    if os.path.exists(os.path.join(path, tokenizer_lib.CONFIG_FILE)):
+        return tokenizer_lib.load_tokenizer(path)
+    config = shopworld.WorldConfig.preset(world)
+    if splits is None:
+        splits = shopworld.generate_splits(config)
+    corpus = itertools.chain(shopworld.tokenizer_corpus(shopworld.build_world(config)),
+                             shopworld.tokenizer_corpus(splits))
+    return tokenizer_lib.train_sentencepiece(corpus, vocab_size, path)
 
 
 def _flag_values() -> flags.FlagValues:
-  # Own FlagValues, so that importing this module (or calling main in a test or notebook)
-  # leaves absl's global FLAGS alone.
-  fv = flags.FlagValues()
-  flags.DEFINE_string("split", "rl", "ShopWorld split.", flag_values=fv)
-  flags.DEFINE_enum("world", "tiny", ["tiny", "small", "full"], "ShopWorld size.", flag_values=fv)
-  flags.DEFINE_string("jsonl", None, "A she_jax JSONL file instead of ShopWorld.", flag_values=fv)
-  flags.DEFINE_string("esci_dir", None, "A folder with the ESCI files (parquet or csv).",
+    # Own FlagValues, so that importing this module (or calling main in a test or notebook)
+    # leaves absl's global FLAGS alone.
+    fv = flags.FlagValues()
+    flags.DEFINE_string("split", "rl", "ShopWorld split.", flag_values=fv)
+    flags.DEFINE_enum("world", "tiny", ["tiny", "small", "full"], "ShopWorld size.", flag_values=fv)
+    flags.DEFINE_string("jsonl", None, "A she_jax JSONL file instead of ShopWorld.", flag_values=fv)
+    flags.DEFINE_string("esci_dir", None, "A folder with the ESCI files (parquet or csv).",
+                        flag_values=fv)
+    flags.DEFINE_string("esci_locale", None, "ESCI product_locale filter (us, es, jp).",
+                        flag_values=fv)
+    flags.DEFINE_enum("on_bad_row", "error", list(readers.ON_BAD_ROW), "Bad rows: raise or skip.",
                       flag_values=fv)
-  flags.DEFINE_string("esci_locale", None, "ESCI product_locale filter (us, es, jp).",
-                      flag_values=fv)
-  flags.DEFINE_enum("on_bad_row", "error", list(readers.ON_BAD_ROW), "Bad rows: raise or skip.",
-                    flag_values=fv)
-  flags.DEFINE_string("tokenizer", None, "Tokenizer directory (default: ShopWorld SentencePiece).",
-                      flag_values=fv)
-  flags.DEFINE_integer("vocab_size", 4096, "Vocab of the default ShopWorld tokenizer.",
-                       flag_values=fv)
-  flags.DEFINE_string("cache_dir", os.environ.get("SHE_JAX_CACHE", DEFAULT_CACHE_DIR),
-                      "Where the default tokenizer is cached.", flag_values=fv)
-  flags.DEFINE_bool("json", False, "Print one JSON object.", flag_values=fv)
-  return fv
+    flags.DEFINE_string("tokenizer", None, "Tokenizer directory (default: ShopWorld SentencePiece).",
+                        flag_values=fv)
+    flags.DEFINE_integer("vocab_size", 4096, "Vocab of the default ShopWorld tokenizer.",
+                         flag_values=fv)
+    flags.DEFINE_string("cache_dir", os.environ.get("SHE_JAX_CACHE", DEFAULT_CACHE_DIR),
+                        "Where the default tokenizer is cached.", flag_values=fv)
+    flags.DEFINE_bool("json", False, "Print one JSON object.", flag_values=fv)
+    return fv
 
 
 def main(argv: Sequence[str]) -> dict[str, Any]:
-  """Parses argv (argv[0] is the program name), prints the report, returns the stats."""
-  fv = _flag_values()
-  try:
-    fv(list(argv))
-  except flags.Error as e:
-    sys.exit(f"{e}\n\n{fv.get_help()}")
-  if fv.jsonl and fv.esci_dir:
-    sys.exit("--jsonl and --esci_dir are exclusive")
-  splits = None
-  try:
-    if fv.jsonl:
-      result, source = readers.read_jsonl(fv.jsonl, on_bad_row=fv.on_bad_row), fv.jsonl
-    elif fv.esci_dir:
-      result = readers.read_esci(fv.esci_dir, on_bad_row=fv.on_bad_row, locale=fv.esci_locale)
-      source = fv.esci_dir
-    else:
-      from she_jax.data import shopworld
-      if fv.split not in shopworld.SPLITS:
-        sys.exit(f"unknown split {fv.split!r}; ShopWorld splits: {shopworld.SPLITS}")
-      splits = shopworld.generate_splits(shopworld.WorldConfig.preset(fv.world))
-      result = readers.ReadResult(records=splits[fv.split], skipped={})
-      source = f"shopworld {fv.world} / {fv.split}"
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
-  tokenizer = None
-  if any(cot_text(r) is not None for r in result.records):
-    from she_jax import tokenizer as tokenizer_lib
-    tokenizer = (tokenizer_lib.load_tokenizer(fv.tokenizer) if fv.tokenizer else
-                 world_tokenizer(fv.world, fv.cache_dir, fv.vocab_size, splits))
-  stats = compute_stats(result.records, tokenizer, result.skipped)
-  print(json.dumps(stats, sort_keys=True) if fv.json else format_report(stats, source))
-  return stats
+    """Parses argv (argv[0] is the program name), prints the report, returns the stats."""
+    fv = _flag_values()
+    try:
+        fv(list(argv))
+    except flags.Error as e:
+        sys.exit(f"{e}\n\n{fv.get_help()}")
+    if fv.jsonl and fv.esci_dir:
+        sys.exit("--jsonl and --esci_dir are exclusive")
+    splits = None
+    try:
+        if fv.jsonl:
+            result, source = readers.read_jsonl(fv.jsonl, on_bad_row=fv.on_bad_row), fv.jsonl
+        elif fv.esci_dir:
+            result = readers.read_esci(fv.esci_dir, on_bad_row=fv.on_bad_row, locale=fv.esci_locale)
+            source = fv.esci_dir
+        else:
+            from she_jax.data import shopworld
+            if fv.split not in shopworld.SPLITS:
+                sys.exit(f"unknown split {fv.split!r}; ShopWorld splits: {shopworld.SPLITS}")
+            splits = shopworld.generate_splits(shopworld.WorldConfig.preset(fv.world))
+            result = readers.ReadResult(records=splits[fv.split], skipped={})
+            source = f"shopworld {fv.world} / {fv.split}"
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    tokenizer = None
+    if any(cot_text(r) is not None for r in result.records):
+        from she_jax import tokenizer as tokenizer_lib
+        tokenizer = (tokenizer_lib.load_tokenizer(fv.tokenizer) if fv.tokenizer else
+                     world_tokenizer(fv.world, fv.cache_dir, fv.vocab_size, splits))
+    stats = compute_stats(result.records, tokenizer, result.skipped)
+    print(json.dumps(stats, sort_keys=True) if fv.json else format_report(stats, source))
+    return stats
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+    main(sys.argv)

@@ -118,16 +118,18 @@ def policy_loss(
                   importance shaping of guided gold tokens: no ratio, no clip, old_logp
                   unused), so low-probability gold tokens still get a large gradient;
       loss = pg + kl_beta * k3 - entropy_coef * entropy, with k3 = exp(ref - logp) -
-             (ref - logp) - 1 (the unbiased, non-negative KL estimator); the KL and entropy
-             terms apply to on- and off-policy tokens alike.
+             (ref - logp) - 1 (the unbiased, non-negative KL estimator, valid for tokens
+             sampled from the policy: on-policy tokens only); the entropy term applies to
+             on- and off-policy tokens alike.
     aggregation:
       'token_mean': loss_sum = sum over valid tokens, normalizer = number of valid tokens;
       'seq_mean_token_mean': each sequence with >= 1 valid token contributes its token
         mean, normalizer = number of such sequences;
       'constant' (Dr.GRPO): loss_sum = sum over valid tokens, normalizer = N * constant_len.
-    aux, each as (sum, count) over valid tokens: 'pg_loss', 'advantage_mean', 'kl' (when
-    ref_logp is given, even with kl_beta = 0), 'entropy' (when given), 'off_policy_fraction'
-    (when off_policy is given); over valid ON-policy tokens only: 'clip_fraction' (the min
+    aux, each as (sum, count) over valid tokens: 'pg_loss', 'advantage_mean', 'entropy'
+    (when given), 'off_policy_fraction' (when off_policy is given); over valid ON-policy
+    tokens only: 'kl' (and the KL term of the loss; when ref_logp is given, even with
+    kl_beta = 0), 'clip_fraction' (the min
     picks the clipped term and it is strictly smaller, i.e. the gradient is cut),
     'ratio_mean'; and the extremes 'ratio_max' / 'ratio_min' over valid on-policy tokens
     (0 / float32 max when there are none: neutral under the loop's max / min reduction).
@@ -185,11 +187,15 @@ def policy_loss(
         "ratio_min": jnp.min(jnp.where(on, ratio, _NO_RATIO_MIN)),
     }
     if ref_logp is not None:
-        delta = jnp.where(mask, ref_logp.astype(jnp.float32) - logp, 0.0)
+        # k3 estimates KL(policy || ref) from tokens SAMPLED FROM THE POLICY, so it is taken
+        # over on-policy tokens only. On a guided gold token the policy may be far less
+        # likely than the reference, and exp(ref - logp) explodes (a 2e3 KL spike in an
+        # AGRL run before this), pulling the policy away from the very token it imitates.
+        delta = jnp.where(on, ref_logp.astype(jnp.float32) - logp, 0.0)
         k3 = jnp.exp(delta) - delta - 1.0
-        aux["kl"] = _mean_pair(k3, mask)
+        aux["kl"] = _mean_pair(k3, on)
         if kl_beta > 0:
-            per_token = per_token + kl_beta * k3
+            per_token = per_token + kl_beta * jnp.where(on, k3, 0.0)
     if entropy is not None:
         entropy = entropy.astype(jnp.float32)
         aux["entropy"] = _mean_pair(entropy, mask)

@@ -122,20 +122,20 @@ _LETTER_SIZES = frozenset({"xs", "s", "m", "l", "xl", "xxl"})
 
 
 def surface(attribute: str, value: str, rng: random.Random, rare: bool = False) -> str:
-  """How a title or query writes `attribute=value`. rare=True may pick an uncommon form
-  (kept out of the SFT split)."""
-  if attribute == "gender":
-    common, uncommon = _GENDER_SURFACES[value]
-    pool = common + uncommon if rare else common
-    return rng.choice(pool)
-  if attribute == "size" and (value.isdigit() or value in _LETTER_SIZES):
-    # A bare 'm' or '42' would be unreadable in a title.
-    return ("eu " if rare and value.isdigit() else "size ") + value
-  if attribute in ("storage", "wattage", "capacity", "volume", "weight") and rare:
-    # '256gb' -> '256 gb'
-    digits = value.rstrip("abcdefghijklmnopqrstuvwxyz")
-    if digits and digits != value:
-      return f"{digits} {value[len(digits):]}"
-  if attribute == "connector":
-    return value + rng.choice((" port", "", " charging"))
-  return value
+    """How a title or query writes `attribute=value`. rare=True may pick an uncommon form
+    (kept out of the SFT split)."""
+    if attribute == "gender":
+        common, uncommon = _GENDER_SURFACES[value]
+        pool = common + uncommon if rare else common
+        return rng.choice(pool)
+    if attribute == "size" and (value.isdigit() or value in _LETTER_SIZES):
+        # A bare 'm' or '42' would be unreadable in a title.
+        return ("eu " if rare and value.isdigit() else "size ") + value
+    if attribute in ("storage", "wattage", "capacity", "volume", "weight") and rare:
+        # '256gb' -> '256 gb'
+        digits = value.rstrip("abcdefghijklmnopqrstuvwxyz")
+        if digits and digits != value:
+            return f"{digits} {value[len(digits):]}"
+    if attribute == "connector":
+        return value + rng.choice((" port", "", " charging"))
+    return value

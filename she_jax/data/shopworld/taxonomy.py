@@ -283,77 +283,77 @@ NEEDS: dict[str, tuple[str, ...]] = {
 
 @dataclasses.dataclass(frozen=True)
 class Leaf:
-  """A leaf category. name: canonical (what annotations state); common_terms / rare_terms:
-  synonyms and misspellings (common ones appear in SFT; rare ones only in RL and tests)."""
-  name: str
-  parent: str
-  top: str
-  profile: str
-  common_terms: tuple[str, ...]
-  rare_terms: tuple[str, ...]
-  common_typos: tuple[str, ...]
-  rare_typos: tuple[str, ...]
+    """A leaf category. name: canonical (what annotations state); common_terms / rare_terms:
+    synonyms and misspellings (common ones appear in SFT; rare ones only in RL and tests)."""
+    name: str
+    parent: str
+    top: str
+    profile: str
+    common_terms: tuple[str, ...]
+    rare_terms: tuple[str, ...]
+    common_typos: tuple[str, ...]
+    rare_typos: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class Taxonomy:
-  leaves: tuple[Leaf, ...]
+    leaves: tuple[Leaf, ...]
 
-  def __post_init__(self):
-    object.__setattr__(self, "_by_name", {leaf.name: leaf for leaf in self.leaves})
-    by_parent: dict[str, list[Leaf]] = {}
-    for leaf in self.leaves:
-      by_parent.setdefault(leaf.parent, []).append(leaf)
-    object.__setattr__(self, "_by_parent", {p: tuple(v) for p, v in by_parent.items()})
+    def __post_init__(self):
+        object.__setattr__(self, "_by_name", {leaf.name: leaf for leaf in self.leaves})
+        by_parent: dict[str, list[Leaf]] = {}
+        for leaf in self.leaves:
+            by_parent.setdefault(leaf.parent, []).append(leaf)
+        object.__setattr__(self, "_by_parent", {p: tuple(v) for p, v in by_parent.items()})
 
-  def leaf(self, name: str) -> Leaf:
-    return self._by_name[name]
+    def leaf(self, name: str) -> Leaf:
+        return self._by_name[name]
 
-  def siblings(self, name: str) -> tuple[Leaf, ...]:
-    leaf = self._by_name[name]
-    return tuple(s for s in self._by_parent[leaf.parent] if s.name != name)
+    def siblings(self, name: str) -> tuple[Leaf, ...]:
+        leaf = self._by_name[name]
+        return tuple(s for s in self._by_parent[leaf.parent] if s.name != name)
 
-  @property
-  def parents(self) -> tuple[str, ...]:
-    return tuple(self._by_parent)
+    @property
+    def parents(self) -> tuple[str, ...]:
+        return tuple(self._by_parent)
 
-  @property
-  def tops(self) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(leaf.top for leaf in self.leaves))
+    @property
+    def tops(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(leaf.top for leaf in self.leaves))
 
-  def profile(self, name: str) -> dict[str, tuple[str, ...]]:
-    return attributes.PROFILES[self._by_name[name].profile]
+    def profile(self, name: str) -> dict[str, tuple[str, ...]]:
+        return attributes.PROFILES[self._by_name[name].profile]
 
 
 def build_taxonomy(rng: random.Random, max_leaves_per_parent: int | None = None) -> Taxonomy:
-  """The taxonomy with seeded misspellings; `max_leaves_per_parent` shrinks it for tests.
+    """The taxonomy with seeded misspellings; `max_leaves_per_parent` shrinks it for tests.
 
-  Raises ValueError if two leaves share a name or a term (a term must name one leaf).
-  """
-  leaves: list[Leaf] = []
-  seen_terms: dict[str, str] = {}
-  # A typo must not be a real term or word ('short' for 'shorts' is a word of 'short pants').
-  real = {t for ps in TAXONOMY.values() for _, entries in ps.values() for e in entries
-          for t in e.split("|")}
-  real |= {w for t in real for w in t.split()}
-  for top, parents in TAXONOMY.items():
-    for parent, (profile, entries) in parents.items():
-      for entry in entries[:max_leaves_per_parent]:
-        name, *synonyms = entry.split("|")
-        for term in (name, *synonyms):
-          if term in seen_terms:
-            raise ValueError(f"taxonomy term {term!r} names both {seen_terms[term]!r} and "
-                             f"{name!r}")
-          seen_terms[term] = name
-        common = (name,) + tuple(synonyms[:1] if len(synonyms) >= 2 else synonyms)
-        rare = tuple(synonyms[1:]) if len(synonyms) >= 2 else ()
-        typos = names.typo_variants(name, rng, 4, avoid=real)
-        leaves.append(Leaf(name=name, parent=parent, top=top,
-                           profile=LEAF_PROFILES.get(name, profile),
-                           common_terms=common, rare_terms=rare,
-                           common_typos=tuple(typos[:1]), rare_typos=tuple(typos[1:])))
-  unknown = (set(NEEDS) | set(LEAF_PROFILES) | set(MODEL_LEAVES) | set(CONNECTOR_LEAVES)) \
-      - real
-  if unknown:
-    raise ValueError(f"taxonomy.py names unknown leaves: {sorted(unknown)}")
-  return Taxonomy(tuple(leaves))
+    Raises ValueError if two leaves share a name or a term (a term must name one leaf).
+    """
+    leaves: list[Leaf] = []
+    seen_terms: dict[str, str] = {}
+    # A typo must not be a real term or word ('short' for 'shorts' is a word of 'short pants').
+    real = {t for ps in TAXONOMY.values() for _, entries in ps.values() for e in entries
+            for t in e.split("|")}
+    real |= {w for t in real for w in t.split()}
+    for top, parents in TAXONOMY.items():
+        for parent, (profile, entries) in parents.items():
+            for entry in entries[:max_leaves_per_parent]:
+                name, *synonyms = entry.split("|")
+                for term in (name, *synonyms):
+                    if term in seen_terms:
+                        raise ValueError(f"taxonomy term {term!r} names both {seen_terms[term]!r} and "
+                                         f"{name!r}")
+                    seen_terms[term] = name
+                common = (name,) + tuple(synonyms[:1] if len(synonyms) >= 2 else synonyms)
+                rare = tuple(synonyms[1:]) if len(synonyms) >= 2 else ()
+                typos = names.typo_variants(name, rng, 4, avoid=real)
+                leaves.append(Leaf(name=name, parent=parent, top=top,
+                                   profile=LEAF_PROFILES.get(name, profile),
+                                   common_terms=common, rare_terms=rare,
+                                   common_typos=tuple(typos[:1]), rare_typos=tuple(typos[1:])))
+    unknown = (set(NEEDS) | set(LEAF_PROFILES) | set(MODEL_LEAVES) | set(CONNECTOR_LEAVES)) \
+        - real
+    if unknown:
+        raise ValueError(f"taxonomy.py names unknown leaves: {sorted(unknown)}")
+    return Taxonomy(tuple(leaves))
