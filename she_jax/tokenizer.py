@@ -257,7 +257,10 @@ class Tokenizer:
         return batch
 
     def decode(
-        self, ids: Sequence[int] | np.ndarray, skip_special: bool = False, skip_control: bool = False
+        self,
+        ids: Sequence[int] | np.ndarray,
+        skip_special: bool = False,
+        skip_control: bool = False,
     ) -> str:
         """ids: [T] -> text.
 
@@ -309,7 +312,9 @@ class Tokenizer:
         mask = np.zeros((len(seqs), target), dtype=bool)
         for row, (seq, seq_length) in enumerate(zip(seqs, lengths)):
             if seq_length > target:
-                raise ValueError(f"sequence {row} has {seq_length} tokens, more than length={target}")
+                raise ValueError(
+                    f"sequence {row} has {seq_length} tokens, more than length={target}"
+                )
             start = 0 if side == "right" else target - seq_length
             ids[row, start : start + seq_length] = seq
             mask[row, start : start + seq_length] = True

@@ -140,7 +140,8 @@ def test_prompt_batches_left_padded_and_complete(records, tokenizer):
             i = int(batch["index"][row])
             seen.append(i)
             p = int(batch["prompt_len"][row])
-            assert batch["attention_mask"][row].sum() == p and batch["attention_mask"][row, T - p:].all()
+            assert (batch["attention_mask"][row].sum() == p
+                    and batch["attention_mask"][row, T - p:].all())
             assert batch["tokens"][row, -1] == tokenizer.answer_id
             assert tokenizer.decode(batch["tokens"][row, T - p:]) == cot.render_prompt(
                 records[i]["query"], records[i]["item_title"])

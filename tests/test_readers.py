@@ -162,7 +162,8 @@ def test_esci_unknown_label_and_skip_counts(tmp_path, fmt):
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_esci_missing_column(tmp_path, fmt):
     directory = write_esci(tmp_path / "esci", fmt, examples=EXAMPLES.drop(columns=["esci_label"]))
-    with pytest.raises(ValueError, match=r"examples\.%s: missing column\(s\) \['esci_label'\]" % fmt):
+    with pytest.raises(ValueError,
+                       match=r"examples\.%s: missing column\(s\) \['esci_label'\]" % fmt):
         readers.read_esci(directory, on_bad_row="skip")  # not a row problem: always an error
 
 

@@ -80,7 +80,8 @@ def test_intents_resolve_knowledge(world):
             assert intent.product_line in intent.text and intent.brand not in intent.text
         elif intent.compatible_model is not None:
             seen.add("connector")
-            assert dict(intent.attributes)["connector"] == know.model(intent.compatible_model).connector
+            assert (dict(intent.attributes)["connector"]
+                    == know.model(intent.compatible_model).connector)
         else:
             seen.add("chip")
             chip = dict(intent.attributes)["chip"]

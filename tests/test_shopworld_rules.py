@@ -80,7 +80,8 @@ def test_r6_knowledge_constraints_are_checked_like_stated_ones():
     phone = dict(category="smartphones", parent="mobile devices")
     chip_query = _intent(query_type="knowledge", attributes=(("chip", "nova t7"),), **phone)
     # The title names only the model; the chip comes from the model -> chip fact.
-    has_chip = _item(attributes=(("chip", "nova t7"),), model="zephyr x9", title="zephyr x9", **phone)
+    has_chip = _item(attributes=(("chip", "nova t7"),), model="zephyr x9", title="zephyr x9",
+                     **phone)
     assert _label_rule(chip_query, has_chip) == ("L4", "R10")
     assert _label_rule(chip_query, _item(attributes=(("chip", "kelo a2"),), **phone)) \
         == ("L2", "R3")

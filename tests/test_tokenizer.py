@@ -24,7 +24,8 @@ _COLORS = ("red", "blue", "black", "white", "green", "navy", "beige", "pink")
 def _corpus(n: int = 400, seed: int = 0) -> list[str]:
     """Varied e-commerce-like strings: titles, prompts, CoT targets, hard queries."""
     rng = random.Random(seed)
-    made_up = ["".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(300)]
+    made_up = ["".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 4)))
+               for _ in range(300)]
     texts = []
     for _ in range(n):
         category, brand, color = rng.choice(_CATEGORIES), rng.choice(_BRANDS), rng.choice(_COLORS)
@@ -37,9 +38,9 @@ def _corpus(n: int = 400, seed: int = 0) -> list[str]:
             text = f"{st.QUERY} {color} {category} {st.ITEM} {brand} {category} {noise} {st.ANSWER}"
         elif form == 2:
             label = rng.randrange(4)
-            text = (f"{st.STEP_MARKERS[0]} category: {category}; color: {color} {st.STEP_MARKERS[1]} "
-                    f"brand: {brand} {st.STEP_MARKERS[4]} label: {st.LABELS[label]} "
-                    f"{st.LABEL_TOKENS[label]}")
+            text = (f"{st.STEP_MARKERS[0]} category: {category}; color: {color} "
+                    f"{st.STEP_MARKERS[1]} brand: {brand} {st.STEP_MARKERS[4]} "
+                    f"label: {st.LABELS[label]} {st.LABEL_TOKENS[label]}")
         else:
             text = f"cheap alternative to {brand} {category}, not {noise}? ${number}.99!"
         texts.append(text)
@@ -191,8 +192,8 @@ def test_save_load_and_pickle_round_trip(trained, tmp_path):
         assert restored.encode_batch(ROUND_TRIP_TEXTS) == tokenizer.encode_batch(ROUND_TRIP_TEXTS)
         assert restored.label_ids == tokenizer.label_ids and restored.vocab_size == VOCAB
     tokenizer.save(tmp_path / "copy")
-    assert tok_lib.load_tokenizer(tmp_path / "copy").encode(ROUND_TRIP_TEXTS[7]) == tokenizer.encode(
-        ROUND_TRIP_TEXTS[7])
+    assert (tok_lib.load_tokenizer(tmp_path / "copy").encode(ROUND_TRIP_TEXTS[7])
+            == tokenizer.encode(ROUND_TRIP_TEXTS[7]))
 
 
 def test_load_errors_name_the_path_and_what_was_expected(trained, tmp_path):

@@ -94,7 +94,8 @@ def render_target(record: Mapping, order: str = "think_first") -> str:
         # Only the gold think-first text is stored; re-render it in the requested order.
         parsed = parse_cot(record["cot"], "think_first")
         if not parsed.format_valid:
-            raise ValueError(f"record {record.get('id')!r}: stored cot is not valid: {parsed.errors}")
+            raise ValueError(f"record {record.get('id')!r}: stored cot is not valid: "
+                             f"{parsed.errors}")
         return render_cot(parsed.steps, label, order)
     return label_token(label)
 
@@ -195,7 +196,8 @@ def parse_cot(text: str, order: str = "think_first") -> ParsedCoT:
     for fact in steps.get(st.STEP_NAMES[-1], []):
         m = _LABEL_FACT_RE.match(fact)
         if m and label is not None and m.group(1).upper() != label:
-            errors.append(f"judgment states label {m.group(1).upper()} but the label token is {label}")
+            errors.append(f"judgment states label {m.group(1).upper()} "
+                          f"but the label token is {label}")
     return ParsedCoT(steps=steps, label=label, errors=tuple(errors))
 
 

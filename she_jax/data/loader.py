@@ -195,7 +195,8 @@ class _Encoded:
         pad = batch_size - len(members)
         return {
             "labels": np.concatenate([self.labels[members], np.full(pad, -1)]).astype(np.int32),
-            "prompt_len": np.concatenate([self.prompt_lens[members], np.zeros(pad)]).astype(np.int32),
+            "prompt_len": np.concatenate([self.prompt_lens[members],
+                                          np.zeros(pad)]).astype(np.int32),
             "example_mask": np.arange(batch_size) < len(members),
             "index": np.concatenate([members, np.full(pad, -1)]).astype(np.int32),
         }

@@ -143,10 +143,12 @@ def _record_from_dict(obj: Any, row: _Row, default_id: str) -> dict:
     }
     if record["cot"] is not None:
         if not isinstance(record["cot"], str):
-            raise row.bad("cot", "wrong_type", f"expected a string, got {type(record['cot']).__name__}")
+            raise row.bad("cot", "wrong_type",
+                          f"expected a string, got {type(record['cot']).__name__}")
         parsed = cot.parse_cot(record["cot"], "think_first")
         if not parsed.format_valid:
-            raise row.bad("cot", "bad_cot", f"not a valid think-first CoT: {'; '.join(parsed.errors)}")
+            raise row.bad("cot", "bad_cot",
+                          f"not a valid think-first CoT: {'; '.join(parsed.errors)}")
         if parsed.label != record["label"]:
             raise row.bad("cot", "bad_cot", f"CoT label {parsed.label} != label {record['label']}")
     return record
@@ -287,8 +289,8 @@ def read_esci(dir_or_files: str | Sequence[str], on_bad_row: str = "error",
     else:
         examples_path, products_path = map(os.fspath, dir_or_files)
 
-    filter_columns = [c for c, on in (("small_version", small_version), ("split", split is not None))
-                      if on]
+    filter_columns = [c for c, on in (("small_version", small_version),
+                                      ("split", split is not None)) if on]
     n_examples, ex, ex_kind = _read_table(
         examples_path, (*ESCI_EXAMPLE_COLUMNS, *filter_columns), ())
     n_products, pr, pr_kind = _read_table(products_path, ESCI_PRODUCT_COLUMNS, ())
@@ -333,7 +335,8 @@ def read_esci(dir_or_files: str | Sequence[str], on_bad_row: str = "error",
         title = titles.get((product_id, product_locale))
         if title is None:
             raise row.bad("product_id", "orphan_product",
-                          f"no product row for ({product_id!r}, {product_locale!r}) in {products_path}")
+                          f"no product row for ({product_id!r}, {product_locale!r}) in "
+                          f"{products_path}")
         return {"id": f"esci:{example_id}", "query": query, "item_title": title,
                 "label": ESCI_TO_LABEL[esci], "query_type": "unknown", "popularity": "unknown",
                 "annotations": None, "cot": None}

@@ -55,7 +55,8 @@ def compute_stats(records: Sequence[Mapping], tokenizer=None,
     cot_tokens = None
     if texts:
         if tokenizer is None:
-            raise ValueError(f"{len(texts)} records have a CoT: a tokenizer is needed to count tokens")
+            raise ValueError(f"{len(texts)} records have a CoT: "
+                             "a tokenizer is needed to count tokens")
         lengths = np.array([len(ids) for ids in tokenizer.encode_batch(texts)])
         cot_tokens = {f"p{q}": float(np.percentile(lengths, q)) for q in PERCENTILES}
         cot_tokens["max"] = int(lengths.max())
@@ -131,8 +132,8 @@ def _flag_values() -> flags.FlagValues:
                         flag_values=fv)
     flags.DEFINE_enum("on_bad_row", "error", list(readers.ON_BAD_ROW), "Bad rows: raise or skip.",
                       flag_values=fv)
-    flags.DEFINE_string("tokenizer", None, "Tokenizer directory (default: ShopWorld SentencePiece).",
-                        flag_values=fv)
+    flags.DEFINE_string("tokenizer", None,
+                        "Tokenizer directory (default: ShopWorld SentencePiece).", flag_values=fv)
     flags.DEFINE_integer("vocab_size", 4096, "Vocab of the default ShopWorld tokenizer.",
                          flag_values=fv)
     flags.DEFINE_string("cache_dir", os.environ.get("SHE_JAX_CACHE", DEFAULT_CACHE_DIR),

@@ -47,7 +47,8 @@ def check_class_ids(y: Any, name: str, num_classes: int, allow_invalid: bool) ->
     bad = (arr < low) | (arr >= num_classes)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        allowed = f"-1 (invalid) or 0..{num_classes - 1}" if allow_invalid else f"0..{num_classes - 1}"
+        allowed = (f"-1 (invalid) or 0..{num_classes - 1}" if allow_invalid
+                   else f"0..{num_classes - 1}")
         raise ValueError(f"{name}[{i}] = {arr[i]} is not a class id ({allowed})")
     return arr
 

@@ -64,5 +64,6 @@ class WorldConfig:
                          num_brands=400),
         }
         if name not in presets:
-            raise ValueError(f"unknown WorldConfig preset {name!r}; expected one of {sorted(presets)}")
+            raise ValueError(f"unknown WorldConfig preset {name!r}; "
+                             f"expected one of {sorted(presets)}")
         return cls(**{**presets[name], **overrides})

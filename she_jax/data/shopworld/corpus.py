@@ -16,7 +16,8 @@ def _world_texts(world: World) -> Iterator[str]:
     for (brand, parent), line in world.knowledge.lines.items():
         yield f"{line} {brand} {parent}"
     for model in world.knowledge.models:
-        yield f"{model.name} {model.brand} {model.leaf} {model.chip or ''} {model.connector}".strip()
+        yield (f"{model.name} {model.brand} {model.leaf} {model.chip or ''} "
+               f"{model.connector}").strip()
 
 
 def tokenizer_corpus(source: World | Mapping[str, Sequence[dict]] | Iterable[dict]

@@ -68,8 +68,8 @@ def render_title(rng: random.Random, item: Item, leaf: Leaf, *, show_brand: bool
     [promo]. hidden: attribute keys the title leaves out (knowledge facts such as the chip);
     mentions: phrases that name other brands or values ('nike style', 'leather-free');
     stuffed_terms: other categories' keywords; noise: scales how often promo phrases,
-    repeated keywords and selling words are added (0 = none). The item's own category term always comes
-    before any stuffed one, as the first category term is what a title sells."""
+    repeated keywords and selling words are added (0 = none). The item's own category term
+    always comes before any stuffed one, as the first category term is what a title sells."""
     parts: list[str] = []
     if rng.random() < 0.2 * noise:
         parts.append(rng.choice(PROMOS))

@@ -90,6 +90,7 @@ def build_knowledge(rng: random.Random, taxonomy: Taxonomy, brands: tuple[Brand,
                     name = f"{line} {names.model_code(rng)}"
                 taken_models.add(name)
                 chip = rng.choice(chips) if leaf_name in CHIP_LEAVES else None
-                models.append(Model(name, brand.name, line, leaf_name, chip, rng.choice(CONNECTORS)))
+                models.append(Model(name, brand.name, line, leaf_name, chip,
+                                    rng.choice(CONNECTORS)))
     line_owner = {line: key for key, line in lines.items()}
     return Knowledge(lines=lines, line_owner=line_owner, models=tuple(models), chips=chips)

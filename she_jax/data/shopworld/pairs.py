@@ -47,7 +47,8 @@ def build_item(world: World, rng: random.Random, leaf_name: str, *, brand: str |
     model = None
     if leaf_name in MODEL_LEAVES:
         models = [m for m in know.models_in(leaf_name) if brand_ok(m.brand)
-                  and (chip is None or m.chip == chip) and (avoid_chip is None or m.chip != avoid_chip)]
+                  and (chip is None or m.chip == chip)
+                  and (avoid_chip is None or m.chip != avoid_chip)]
         if not models:
             return None
         model = rng.choice(models)
@@ -71,7 +72,8 @@ def build_item(world: World, rng: random.Random, leaf_name: str, *, brand: str |
         if model.chip is not None:
             attrs["chip"] = model.chip
     return Item(category=leaf.name, parent=leaf.parent, brand=brand_name,
-                tier=world.brand(brand_name).tier(leaf.top), attributes=tuple(sorted(attrs.items())),
+                tier=world.brand(brand_name).tier(leaf.top),
+                attributes=tuple(sorted(attrs.items())),
                 model=model.name if model else None, line=know.lines[(brand_name, leaf.parent)])
 
 
@@ -110,7 +112,8 @@ def _key_attributes(intent: QueryIntent) -> list[str]:
 def _unrelated_leaf(world: World, rng: random.Random, intent: QueryIntent) -> str:
     tax = world.taxonomy
     top = tax.leaf(intent.category).top
-    same_top = [leaf.name for leaf in tax.leaves if leaf.top == top and leaf.parent != intent.parent]
+    same_top = [leaf.name for leaf in tax.leaves
+                if leaf.top == top and leaf.parent != intent.parent]
     other_top = [leaf.name for leaf in tax.leaves if leaf.top != top]
     return rng.choice(same_top if same_top and rng.random() < 0.4 else other_top)
 
@@ -180,12 +183,13 @@ def item_for_target(world: World, rng: random.Random, intent: QueryIntent, targe
             args["fixed"][kind] = value
     elif violation == "alternative":
         if rng.random() < 0.5:
-            args["brand"], args["avoid_brands"], args["tier"] = intent.reference_brand, frozenset(), None
+            args["brand"], args["avoid_brands"], args["tier"] = (intent.reference_brand,
+                                                                 frozenset(), None)
         else:
             args["tier"] = "premium"
     else:
-        value = _other(world.taxonomy.profile(leaf).get(violation, ()), dict(intent.attributes)[violation],
-                       rng)
+        value = _other(world.taxonomy.profile(leaf).get(violation, ()),
+                       dict(intent.attributes)[violation], rng)
         if value is None:
             return None
         args["fixed"][violation] = value

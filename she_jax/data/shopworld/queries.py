@@ -180,8 +180,8 @@ def sample_intent(world: World, rng: random.Random, query_type: str, *, leaf_pow
         words = pre + post
         rng.shuffle(words)
         words.insert(rng.randint(0, len(words)), cat)
-        text = _fill(_template(template_key, rng, rare), cat=cat, pre=" ".join(pre), post=" ".join(post),
-                     shuffled=" ".join(words),
+        text = _fill(_template(template_key, rng, rare), cat=cat, pre=" ".join(pre),
+                     post=" ".join(post), shuffled=" ".join(words),
                      brand=_brand_term(world, brand, rng, rare) if brand else "")
     elif query_type == "category":
         text = _fill(_template(template_key, rng, rare), cat=cat)

@@ -90,10 +90,12 @@ TAXONOMY: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
                                              "coffee makers|coffee machines|espresso machines",
                                              "electric kettles|kettles",
                                              "rice cookers|rice makers",
-                                             "microwaves|microwave ovens", "toasters|toaster ovens")),
+                                             "microwaves|microwave ovens",
+                                             "toasters|toaster ovens")),
         "household appliances": ("appliance", ("vacuum cleaners|vacuums|hoovers",
                                                "robot vacuums|robotic vacuum cleaners",
-                                               "air purifiers|air cleaners", "humidifiers|mist makers",
+                                               "air purifiers|air cleaners",
+                                               "humidifiers|mist makers",
                                                "electric fans|fans|desk fans",
                                                "space heaters|electric heaters")),
         "personal care appliances": ("small appliance", ("hair dryers|blow dryers|hairdryers",
@@ -159,7 +161,8 @@ TAXONOMY: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
         "snacks": ("food", ("potato chips|crisps", "cookies|biscuits",
                             "chocolate bars|chocolate", "mixed nuts|nuts|trail mix")),
         "beverages": ("beverage", ("green tea|green tea bags", "coffee beans|whole bean coffee",
-                                   "sparkling water|soda water|seltzer", "energy drinks|energy beverages")),
+                                   "sparkling water|soda water|seltzer",
+                                   "energy drinks|energy beverages")),
         "pantry": ("pantry", ("olive oil|extra virgin olive oil", "pasta|spaghetti|dried pasta",
                             "instant noodles|ramen|cup noodles", "honey|raw honey")),
     },
@@ -168,7 +171,8 @@ TAXONOMY: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
                                             "fountain pens|ink pens", "pencils|wooden pencils",
                                             "highlighters|highlighter pens")),
         "paper products": ("stationery", ("notebooks|notepads|exercise books",
-                                          "sticky notes|post-it notes", "printer paper|copy paper")),
+                                          "sticky notes|post-it notes",
+                                          "printer paper|copy paper")),
         "office furniture": ("furniture", ("office chairs|desk chairs|ergonomic chairs",
                                            "standing desks|sit stand desks",
                                            "bookshelves|bookcases")),
@@ -342,8 +346,8 @@ def build_taxonomy(rng: random.Random, max_leaves_per_parent: int | None = None)
                 name, *synonyms = entry.split("|")
                 for term in (name, *synonyms):
                     if term in seen_terms:
-                        raise ValueError(f"taxonomy term {term!r} names both {seen_terms[term]!r} and "
-                                         f"{name!r}")
+                        raise ValueError(f"taxonomy term {term!r} names both "
+                                         f"{seen_terms[term]!r} and {name!r}")
                     seen_terms[term] = name
                 common = (name,) + tuple(synonyms[:1] if len(synonyms) >= 2 else synonyms)
                 rare = tuple(synonyms[1:]) if len(synonyms) >= 2 else ()
