@@ -37,4 +37,5 @@ def srpo_stage_config(stage: int, arg: str | None) -> ml_collections.ConfigDict:
         c.curriculum.query_types = ALL_TYPES
     if stage < 3:
         c.eval.splits = ("dev",)  # intermediate stages: a quick check; stage 3 evaluates all
+        c.optimizer.total_steps = 30  # the warm-up stages are half as long as the last
     return c
