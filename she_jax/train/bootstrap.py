@@ -105,6 +105,23 @@ def export_model(workdir: str, model_config: transformer.ModelConfig, params: An
     return path
 
 
+def finish_training(config: ml_collections.ConfigDict, workdir: str,
+                    model_config: transformer.ModelConfig, state: Any) -> bool:
+    """After `loop.train_loop`: False, with a warning, when the run stopped early (SIGTERM,
+    SIGINT: rerunning the command resumes it); else exports <workdir>/model, plots the
+    training curves and returns True, so the trainer goes on to evaluate."""
+    from she_jax.train import metrics as metrics_lib
+
+    step = int(jax.device_get(state.step))
+    if step < config.optimizer.total_steps:
+        logging.warning("%s stopped early at step %d; rerun the same command to resume",
+                        config.get("trainer", "training"), step)
+        return False
+    export_model(workdir, model_config, state.params)
+    metrics_lib.plot_metrics(workdir)
+    return True
+
+
 def load_data(config: ml_collections.ConfigDict) -> dict[str, list[dict]]:
     return sources.load_splits(config.data)
 

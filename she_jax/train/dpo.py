@@ -236,11 +236,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_step=step_fn, state=state, data=loop.IndexedBatches(batch_at), workdir=workdir,
         total_steps=config.optimizer.total_steps, log_every=config.log_every,
         checkpoint_every=config.checkpoint.every, checkpoint_keep=config.checkpoint.keep)
-    if int(jax.device_get(state.step)) < config.optimizer.total_steps:
-        logging.warning("dpo stopped early at step %d; rerun the same command to resume",
-                        int(state.step))
+    if not bootstrap.finish_training(config, workdir, model_config, state):
         return {}
-    bootstrap.export_model(workdir, model_config, state.params)
-    metrics_lib.plot_metrics(workdir)
     return evaluate.evaluate_run(config, workdir, model_config, state.params, tokenizer,
                                  splits, order=order)

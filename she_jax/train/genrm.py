@@ -276,12 +276,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_step=step_fn, state=state, data=loop.IndexedBatches(batches), workdir=workdir,
         total_steps=config.optimizer.total_steps, log_every=config.log_every,
         checkpoint_every=config.checkpoint.every, checkpoint_keep=config.checkpoint.keep)
-    if int(jax.device_get(state.step)) < config.optimizer.total_steps:
-        logging.warning("genrm stopped early at step %d; rerun the same command to resume",
-                        int(state.step))
+    if not bootstrap.finish_training(config, workdir, model_config, state):
         return {}
-    bootstrap.export_model(workdir, model_config, state.params)
-    metrics_lib.plot_metrics(workdir)
 
     reward_model = genrm_lib.StepRewardModel(model_config, state.params, tokenizer,
                                              max_len=g.max_len)

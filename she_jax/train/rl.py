@@ -417,12 +417,8 @@ def train_rl(config: ml_collections.ConfigDict, workdir: str, *,
         train_step=step_fn, state=state, data=feed, workdir=workdir, total_steps=total_steps,
         log_every=config.log_every, checkpoint_every=config.checkpoint.every,
         checkpoint_keep=config.checkpoint.keep)
-    if int(jax.device_get(state.step)) < total_steps:
-        logging.warning("%s stopped early at step %d; rerun the same command to resume",
-                        config.trainer, int(state.step))
+    if not bootstrap.finish_training(config, workdir, model_config, state):
         return {}
-    bootstrap.export_model(workdir, model_config, state.params)
-    metrics_lib.plot_metrics(workdir)
     return evaluate.evaluate_run(config, workdir, model_config, state.params, tokenizer,
                                  splits, order=order)
 
