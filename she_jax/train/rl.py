@@ -205,10 +205,6 @@ class RLFeed:
             raise ValueError(f"config.rl.num_minibatches={rl.num_minibatches} must divide "
                              f"prompts_per_step * group_size = {rows}")
 
-    @property
-    def steps_per_rollout(self) -> int:
-        return self.rl.num_iterations * self.rl.num_minibatches
-
     # --- train_loop hooks -------------------------------------------------------------
     def observe_state(self, state: Any) -> None:
         self.params = state.params
