@@ -213,13 +213,23 @@ def test_grpo_end_to_end(sft_run):
     assert any("step" in line and "reward" in line for line in lines)
 
 
-def test_agrl_end_to_end(sft_run):
+@pytest.mark.parametrize("mode", ["gold", "hint"])
+def test_agrl_end_to_end(sft_run, mode):
     root, sft_dir, base = sft_run
     config = _tiny_rl(agrl_config.get_config(), sft_dir, base)
-    config.replay.accuracy_threshold = 1.0  # guide every group not all right: exercises the replay path
-    workdir = str(root / "agrl")
+    config.replay.accuracy_threshold = 1.0  # guide every group not all right
+    config.replay.mode = mode
+    if mode == "gold":  # a gold CoT needs annotations (every sft record has them) and room
+        config.rl.train_split = "sft"
+        config.rl.max_new_tokens = 128
+    workdir = str(root / f"agrl_{mode}")
     registry.run_config(config, workdir)
-    _check_run(workdir, {"replay/guided_share", "rollout/reward_mean"})
+    _check_run(workdir, {"replay/guided_share", "rollout/reward_mean", "off_policy_fraction"})
+    rows = metrics_lib.read_metrics(workdir)
+    # The tiny SFT policy is rarely right, so groups get guided and their samples are
+    # trained off-policy.
+    assert max(r["replay/guided_share"] for r in rows) > 0
+    assert max(r["off_policy_fraction"] for r in rows) > 0
 
 
 def test_srpo_curriculum_stage_end_to_end(sft_run):
