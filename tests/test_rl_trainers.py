@@ -44,30 +44,40 @@ def _trivial_scorer(rollouts):
                      metrics={"reward/share": float(share.mean())})
 
 
-def test_grpo_raises_a_trivial_reward(tmp_path):
+def _trivial_run(workdir, total_steps, *, schedule_steps, prompts, group, new_tokens,
+                 num_records, hidden, samples_every=0):
+    """GRPO with the trivial scorer through RLFeed and the train loop (2 updates per rollout
+    batch); returns the metrics rows."""
     config = grpo_config.get_config()
-    config.rl.update(prompts_per_step=4, group_size=8, max_new_tokens=8, num_minibatches=2)
+    config.rl.update(prompts_per_step=prompts, group_size=group, max_new_tokens=new_tokens,
+                     num_minibatches=2, samples_every=samples_every)
     config.rl.filter.drop_zero_variance = True
     config.rl.loss.kl_beta = 0.0
-    config.rl.samples_every = 5
     records = [{"id": f"r{i}", "query": f"query {i}", "item_title": f"title {i % 7}",
-                "label": st.LABELS[i % 4], "query_type": "category"} for i in range(40)]
-    model_config = transformer.ModelConfig(vocab_size=VOCAB, hidden_size=32, num_layers=1,
-                                           num_heads=2, num_kv_heads=1, head_dim=16,
-                                           mlp_dim=64)
+                "label": st.LABELS[i % 4], "query_type": "category"}
+               for i in range(num_records)]
+    model_config = transformer.ModelConfig(vocab_size=VOCAB, hidden_size=hidden, num_layers=1,
+                                           num_heads=2, num_kv_heads=1, head_dim=hidden // 2,
+                                           mlp_dim=2 * hidden)
     params = transformer.init_params(model_config, jax.random.PRNGKey(0))
-    config.optimizer.update(lr=3e-2, warmup_steps=1, total_steps=60)
+    config.optimizer.update(lr=3e-2, warmup_steps=1, total_steps=schedule_steps)
     tx, lr_fn = optim.make_optimizer(config.optimizer)
     state = create_train_state(params, tx, jax.random.PRNGKey(1))
     step = loop.make_train_step(
-        losses.make_policy_loss_fn(model_config, rl.policy_loss_config(config.rl.loss, 8)), tx,
-        learning_rate_fn=lr_fn)
-    feed = rl.RLFeed(config=config, workdir=str(tmp_path), records=records,
+        losses.make_policy_loss_fn(model_config,
+                                   rl.policy_loss_config(config.rl.loss, new_tokens)),
+        tx, learning_rate_fn=lr_fn)
+    feed = rl.RLFeed(config=config, workdir=str(workdir), records=records,
                      tokenizer=_WordTokenizer(), model_config=model_config,
                      scorer=_trivial_scorer, order="think_first")
-    loop.train_loop(train_step=step, state=state, data=feed, workdir=str(tmp_path),
-                    total_steps=60, log_every=1, checkpoint_every=1000, progress=False)
-    rows = metrics_lib.read_metrics(str(tmp_path))
+    loop.train_loop(train_step=step, state=state, data=feed, workdir=str(workdir),
+                    total_steps=total_steps, log_every=1, checkpoint_every=1000, progress=False)
+    return metrics_lib.read_metrics(str(workdir))
+
+
+def test_grpo_raises_a_trivial_reward(tmp_path):
+    rows = _trivial_run(tmp_path, 60, schedule_steps=60, prompts=4, group=8, new_tokens=8,
+                        num_records=40, hidden=32, samples_every=5)
     rewards = [r["reward/share"] for r in rows if "reward/share" in r]
     assert len(rewards) == 30  # 60 updates, 2 per rollout batch
     first, last = np.mean(rewards[:5]), np.mean(rewards[-5:])
@@ -82,38 +92,18 @@ def test_grpo_raises_a_trivial_reward(tmp_path):
     assert {"output", "reward", "correct", "label"} <= set(samples[0])
 
 
-def _trivial_run(workdir, total_steps):
-    config = grpo_config.get_config()
-    config.rl.update(prompts_per_step=2, group_size=4, max_new_tokens=6, num_minibatches=2,
-                     samples_every=0)
-    config.rl.loss.kl_beta = 0.0
-    records = [{"id": f"r{i}", "query": f"query {i}", "item_title": f"title {i % 5}",
-                "label": st.LABELS[i % 4], "query_type": "category"} for i in range(16)]
-    model_config = transformer.ModelConfig(vocab_size=VOCAB, hidden_size=16, num_layers=1,
-                                           num_heads=2, num_kv_heads=1, head_dim=8,
-                                           mlp_dim=32)
-    params = transformer.init_params(model_config, jax.random.PRNGKey(0))
-    config.optimizer.update(lr=3e-2, warmup_steps=1, total_steps=4)
-    tx, lr_fn = optim.make_optimizer(config.optimizer)
-    state = create_train_state(params, tx, jax.random.PRNGKey(1))
-    step = loop.make_train_step(
-        losses.make_policy_loss_fn(model_config, rl.policy_loss_config(config.rl.loss, 6)), tx,
-        learning_rate_fn=lr_fn)
-    feed = rl.RLFeed(config=config, workdir=str(workdir), records=records,
-                     tokenizer=_WordTokenizer(), model_config=model_config,
-                     scorer=_trivial_scorer, order="think_first")
-    loop.train_loop(train_step=step, state=state, data=feed, workdir=str(workdir),
-                    total_steps=total_steps, log_every=1, checkpoint_every=1000, progress=False)
-    return [(r["step"], r["loss"], r.get("reward/share")) for r in
-            metrics_lib.read_metrics(str(workdir))]
+def _small_trivial_run(workdir, total_steps):
+    rows = _trivial_run(workdir, total_steps, schedule_steps=4, prompts=2, group=4,
+                        new_tokens=6, num_records=16, hidden=16)
+    return [(r["step"], r["loss"], r.get("reward/share")) for r in rows]
 
 
 def test_rl_resume_mid_rollout_batch_is_exact(tmp_path):
-    straight = _trivial_run(tmp_path / "straight", 4)
+    straight = _small_trivial_run(tmp_path / "straight", 4)
     # Stop after update 3: the first of the two updates of rollout batch 2 — the second
     # one's batch is only in the checkpointed data position.
-    _trivial_run(tmp_path / "resumed", 3)
-    resumed = _trivial_run(tmp_path / "resumed", 4)
+    _small_trivial_run(tmp_path / "resumed", 3)
+    resumed = _small_trivial_run(tmp_path / "resumed", 4)
     assert [r[0] for r in resumed] == [1, 2, 3, 4]
     for (step, loss, share), (_, loss_ref, share_ref) in zip(resumed, straight):
         assert loss == pytest.approx(loss_ref, abs=1e-6), step

@@ -105,6 +105,50 @@ def export_model(workdir: str, model_config: transformer.ModelConfig, params: An
     return path
 
 
+def start_run(config: ml_collections.ConfigDict, workdir: str
+              ) -> tuple[dict[str, list[dict]], tokenizer_lib.Tokenizer,
+                         transformer.ModelConfig, Any]:
+    """What every trainer does first: writes config.json, joins the distributed run, loads
+    the splits and the tokenizer, and builds the starting model. Returns (splits,
+    tokenizer, model_config, params)."""
+    from she_jax import parallel
+    from she_jax.train import metrics as metrics_lib
+
+    metrics_lib.write_config(config, workdir)
+    parallel.initialize_distributed(config.distributed)
+    splits = load_data(config)
+    tokenizer = get_tokenizer(config, workdir, splits)
+    model_config, params = init_model(config, tokenizer, jax.random.PRNGKey(config.seed))
+    return splits, tokenizer, model_config, params
+
+
+def shard_model(config: ml_collections.ConfigDict, model_config: transformer.ModelConfig,
+                params: Any) -> tuple[Any, Any, tuple]:
+    """(params laid out on the config's mesh by the logical-axis rules, mesh, rules)."""
+    from she_jax import parallel
+
+    mesh = parallel.make_mesh(config.mesh)
+    rules = tuple(config.axis_rules)
+    params = parallel.shard_params(params, transformer.param_logical_axes(model_config), mesh,
+                                   rules)
+    return params, mesh, rules
+
+
+def train_state_and_step(config: ml_collections.ConfigDict, params: Any, loss_fn: Any,
+                         mesh: Any, rules: tuple) -> tuple[Any, Any]:
+    """(the initial TrainState, the jitted sharded train step) for `loss_fn`, with the
+    config's optimizer and micro-batching."""
+    from she_jax.train import loop, optim
+    from she_jax.train.state import create_train_state, state_sharding
+
+    tx, lr_fn = optim.make_optimizer(config.optimizer)
+    state = create_train_state(params, tx, jax.random.PRNGKey(config.seed + 1))
+    step_fn = loop.make_train_step(loss_fn, tx, config.batch.accum_steps, mesh=mesh,
+                                   rules=rules, state_sharding=state_sharding(state),
+                                   learning_rate_fn=lr_fn)
+    return state, step_fn
+
+
 def finish_training(config: ml_collections.ConfigDict, workdir: str,
                     model_config: transformer.ModelConfig, state: Any) -> bool:
     """After `loop.train_loop`: False, with a warning, when the run stopped early (SIGTERM,

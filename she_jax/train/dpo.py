@@ -23,15 +23,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from she_jax import parallel, sampling
+from she_jax import sampling
 from she_jax.data import cot, sources
 from she_jax.eval import evaluate
 from she_jax.models import transformer
 from she_jax.rl import losses, rollout as rollout_lib
 from she_jax.rewards import outcome
-from she_jax.train import bootstrap, loop, metrics as metrics_lib, optim
+from she_jax.train import bootstrap, loop
 from she_jax.train.rl import init_order
-from she_jax.train.state import create_train_state, state_sharding
 
 PASS_FILE = "pass_at_n.json"
 
@@ -178,12 +177,7 @@ def reference_logprob_sums(model_config: transformer.ModelConfig, params: Any,
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    metrics_lib.write_config(config, workdir)
-    parallel.initialize_distributed(config.distributed)
-    splits = bootstrap.load_data(config)
-    tokenizer = bootstrap.get_tokenizer(config, workdir, splits)
-    model_config, params = bootstrap.init_model(config, tokenizer,
-                                                jax.random.PRNGKey(config.seed))
+    splits, tokenizer, model_config, params = bootstrap.start_run(config, workdir)
     order = init_order(config)
     section = config.dpo
     records = list(sources.require_split(splits, section.train_split, "config.dpo.train_split"))
@@ -222,16 +216,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         rows = np.stack([2 * chosen, 2 * chosen + 1], axis=1).reshape(-1)
         return {k: v[rows] for k, v in arrays.items()}
 
-    mesh = parallel.make_mesh(config.mesh)
-    rules = tuple(config.axis_rules)
-    params = parallel.shard_params(params, transformer.param_logical_axes(model_config), mesh,
-                                   rules)
-    tx, lr_fn = optim.make_optimizer(config.optimizer)
-    state = create_train_state(params, tx, jax.random.PRNGKey(config.seed + 1))
-    step_fn = loop.make_train_step(
-        dpo_loss_fn(model_config, section.beta, section.label_smoothing, prompt_len - 1), tx,
-        config.batch.accum_steps, mesh=mesh, rules=rules, state_sharding=state_sharding(state),
-        learning_rate_fn=lr_fn)
+    params, mesh, rules = bootstrap.shard_model(config, model_config, params)
+    state, step_fn = bootstrap.train_state_and_step(
+        config, params,
+        dpo_loss_fn(model_config, section.beta, section.label_smoothing, prompt_len - 1),
+        mesh, rules)
     state = loop.train_loop(
         train_step=step_fn, state=state, data=loop.IndexedBatches(batch_at), workdir=workdir,
         total_steps=config.optimizer.total_steps, log_every=config.log_every,

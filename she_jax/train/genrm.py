@@ -28,13 +28,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from she_jax import parallel, sampling
+from she_jax import sampling
 from she_jax.data import cot, loader, sources
 from she_jax.data.cot import ParsedCoT
 from she_jax.models import transformer
 from she_jax.rewards import genrm as genrm_lib
-from she_jax.train import bootstrap, loop, metrics as metrics_lib, optim
-from she_jax.train.state import create_train_state, state_sharding
+from she_jax.train import bootstrap, loop
 
 TRAIN_EXAMPLES_FILE = "genrm_examples.jsonl"
 HELDOUT_EXAMPLES_FILE = "genrm_heldout.jsonl"
@@ -247,12 +246,7 @@ class ExampleBatches:
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Builds examples, trains, exports <workdir>/model, evaluates on the held-out examples
     into genrm_eval.json and eval.json; returns the eval dict ({} if stopped early)."""
-    metrics_lib.write_config(config, workdir)
-    parallel.initialize_distributed(config.distributed)
-    splits = bootstrap.load_data(config)
-    tokenizer = bootstrap.get_tokenizer(config, workdir, splits)
-    rng = jax.random.PRNGKey(config.seed)
-    model_config, params = bootstrap.init_model(config, tokenizer, rng)
+    splits, tokenizer, model_config, params = bootstrap.start_run(config, workdir)
     verdict_token_ids = genrm_lib.verdict_ids(tokenizer)
     g = config.genrm
 
@@ -263,15 +257,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batches = ExampleBatches(train_examples, tokenizer, batch_size=config.batch.batch_size,
                              buckets=g.buckets, seed=config.data_seed)
 
-    mesh = parallel.make_mesh(config.mesh)
-    rules = tuple(config.axis_rules)
-    params = parallel.shard_params(params, transformer.param_logical_axes(model_config),
-                                   mesh, rules)
-    tx, lr_fn = optim.make_optimizer(config.optimizer)
-    state = create_train_state(params, tx, jax.random.PRNGKey(config.seed + 1))
-    step_fn = loop.make_train_step(
-        genrm_loss_fn(model_config, verdict_token_ids), tx, config.batch.accum_steps,
-        mesh=mesh, rules=rules, state_sharding=state_sharding(state), learning_rate_fn=lr_fn)
+    params, mesh, rules = bootstrap.shard_model(config, model_config, params)
+    state, step_fn = bootstrap.train_state_and_step(
+        config, params, genrm_loss_fn(model_config, verdict_token_ids), mesh, rules)
     state = loop.train_loop(
         train_step=step_fn, state=state, data=loop.IndexedBatches(batches), workdir=workdir,
         total_steps=config.optimizer.total_steps, log_every=config.log_every,

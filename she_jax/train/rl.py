@@ -34,15 +34,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from she_jax import parallel, sampling
+from she_jax import sampling
 from she_jax.data import sources
 from she_jax.eval import evaluate
 from she_jax.models import transformer
 from she_jax.rl import advantages as adv_lib
 from she_jax.rl import filtering, losses, rollout as rollout_lib
 from she_jax.rl.rollout import Rollouts
-from she_jax.train import bootstrap, loop, metrics as metrics_lib, optim
-from she_jax.train.state import create_train_state, state_sharding
+from she_jax.train import bootstrap, loop
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -374,11 +373,7 @@ def train_rl(config: ml_collections.ConfigDict, workdir: str, *,
     make_scorer(config, tokenizer, splits, order) -> Scorer;
     make_replay(config, tokenizer, model_config, order, scorer) -> ReplayFn or None.
     """
-    metrics_lib.write_config(config, workdir)
-    parallel.initialize_distributed(config.distributed)
-    splits = bootstrap.load_data(config)
-    tokenizer = bootstrap.get_tokenizer(config, workdir, splits)
-    model_config, params = bootstrap.init_model(config, tokenizer, jax.random.PRNGKey(config.seed))
+    splits, tokenizer, model_config, params = bootstrap.start_run(config, workdir)
     order = init_order(config)
     records = select_prompts(config, splits)
     scorer = make_scorer(config, tokenizer, splits, order)
@@ -394,21 +389,14 @@ def train_rl(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info("%s: %d prompts, %d rollout batches of %d x %d, order %s", config.trainer,
                  len(records), total_steps // steps_per_rollout, rl.prompts_per_step,
                  rl.group_size, order)
-    mesh = parallel.make_mesh(config.mesh)
-    rules = tuple(config.axis_rules)
-    params = parallel.shard_params(params, transformer.param_logical_axes(model_config), mesh,
-                                   rules)
+    params, mesh, rules = bootstrap.shard_model(config, model_config, params)
     ref_params = jax.tree.map(jnp.copy, params) if rl.loss.kl_beta > 0 else None
-    tx, lr_fn = optim.make_optimizer(config.optimizer)
-    state = create_train_state(params, tx, jax.random.PRNGKey(config.seed + 1))
     feed = RLFeed(config=config, workdir=workdir, records=records, tokenizer=tokenizer,
                   model_config=model_config, scorer=scorer, order=order,
                   ref_params=ref_params, replay=replay)
     loss_fn = losses.make_policy_loss_fn(
         model_config, policy_loss_config(rl.loss, rl.max_new_tokens, feed.prompt_len))
-    step_fn = loop.make_train_step(loss_fn, tx, config.batch.accum_steps, mesh=mesh,
-                                   rules=rules, state_sharding=state_sharding(state),
-                                   learning_rate_fn=lr_fn)
+    state, step_fn = bootstrap.train_state_and_step(config, params, loss_fn, mesh, rules)
     state = loop.train_loop(
         train_step=step_fn, state=state, data=feed, workdir=workdir, total_steps=total_steps,
         log_every=config.log_every, checkpoint_every=config.checkpoint.every,

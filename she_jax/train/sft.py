@@ -15,12 +15,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from she_jax import parallel
 from she_jax.data import loader, sources
 from she_jax.eval import evaluate
 from she_jax.models import transformer
-from she_jax.train import bootstrap, loop, metrics as metrics_lib, optim
-from she_jax.train.state import create_train_state, state_sharding
+from she_jax.train import bootstrap, loop
 
 
 def sft_section() -> ml_collections.ConfigDict:
@@ -91,12 +89,7 @@ class _Repeating:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, exports <workdir>/model, evaluates into <workdir>/eval.json; returns eval."""
-    metrics_lib.write_config(config, workdir)
-    parallel.initialize_distributed(config.distributed)
-    splits = bootstrap.load_data(config)
-    tokenizer = bootstrap.get_tokenizer(config, workdir, splits)
-    rng = jax.random.PRNGKey(config.seed)
-    model_config, params = bootstrap.init_model(config, tokenizer, rng)
+    splits, tokenizer, model_config, params = bootstrap.start_run(config, workdir)
 
     records = sources.require_split(splits, config.sft.train_split, "config.sft.train_split")
     dataset = loader.sft_dataset(
@@ -105,16 +98,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("sft: %d records, %d batches per epoch, %d steps",
                  len(records), dataset.batches_per_epoch, config.optimizer.total_steps)
 
-    mesh = parallel.make_mesh(config.mesh)
-    rules = tuple(config.axis_rules)
-    axes = transformer.param_logical_axes(model_config)
-    params = parallel.shard_params(params, axes, mesh, rules)
-    tx, lr_fn = optim.make_optimizer(config.optimizer)
-    state = create_train_state(params, tx, jax.random.PRNGKey(config.seed + 1))
-    step_fn = loop.make_train_step(
-        sft_loss_fn(model_config, tokenizer.label_ids, config.sft.label_weight), tx, config.batch.accum_steps,
-        mesh=mesh, rules=rules, state_sharding=state_sharding(state),
-        learning_rate_fn=lr_fn)
+    params, mesh, rules = bootstrap.shard_model(config, model_config, params)
+    state, step_fn = bootstrap.train_state_and_step(
+        config, params, sft_loss_fn(model_config, tokenizer.label_ids, config.sft.label_weight),
+        mesh, rules)
     state = loop.train_loop(
         train_step=step_fn, state=state, data=_Repeating(dataset), workdir=workdir,
         total_steps=config.optimizer.total_steps, log_every=config.log_every,
