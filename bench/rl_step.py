@@ -21,7 +21,8 @@ P ids ours samples from.
   * ours: what `she_jax.train.rl.RLFeed` and the GRPO trainer run, phase by phase:
     rollout = `sampling.Sampler` (prefix shared by the group) + `rollout.decode_and_parse`;
     score = the reward, `rollout.update_batch`, `advantages.token_advantages` (the `rl`
-    section's GRPO defaults) and the reference log-probs (`losses.token_logprobs`);
+    section's GRPO defaults) and the reference log-probs (`rl.ref_logprobs_fn`: logits
+    over the completion only, each group's prompt run once, as in `RLFeed`);
     update = `loop.make_train_step(losses.make_policy_loss_fn(...))` set up as
     `rl.train_rl` does (default mesh, sharded params and state, `optim.make_optimizer`
     defaults), the metrics copied to the host as the train loop does. Dynamic-sampling
@@ -161,6 +162,7 @@ class OurGRPOStep:
                  prompt_ids: np.ndarray, shape: StepShape, hf_tokenizer: Any, seed: int = 0):
         rl = rl_lib.rl_section()
         rl.loss.kl_beta = shape.beta
+        rl.prompts_per_step, rl.group_size = len(prompt_ids), shape.group
         self.model_config, self.shape, self.seed = model_config, shape, seed
         self.prompt_ids = prompt_ids
         self.prompt_mask = np.ones(prompt_ids.shape, bool)
@@ -185,8 +187,13 @@ class OurGRPOStep:
         self.ref_params = jax.tree.map(jnp.copy, params) if shape.beta > 0 else None
         tx, lr_fn = optim.make_optimizer(train_config.optimizer)
         self.state = create_train_state(params, tx, jax.random.PRNGKey(seed + 1))
+        # As `rl.train_rl`: the loss projects only the completion's targets to the vocab and
+        # runs each group's prompt once (rl.share_prompt, on by default); so does the
+        # reference forward.
+        prompt_len, group = prompt_ids.shape[1], rl_lib.shared_group_size(rl)
         loss_fn = losses.make_policy_loss_fn(
-            model_config, rl_lib.policy_loss_config(rl.loss, shape.new_tokens))
+            model_config, rl_lib.policy_loss_config(rl.loss, shape.new_tokens, prompt_len, group))
+        self.ref_logprobs = rl_lib.ref_logprobs_fn(model_config, prompt_len - 1, group)
         self.train_step = loop.make_train_step(
             loss_fn, tx, train_config.batch.accum_steps, mesh=mesh, rules=rules,
             state_sharding=state_sharding(self.state), learning_rate_fn=lr_fn)
@@ -238,8 +245,8 @@ class OurGRPOStep:
             rewards=rewards, token_step_ids=batch["token_step_ids"],
             loss_mask=batch["loss_mask"], group_valid=np.ones(rewards.shape, bool)))
         if self.ref_params is not None:
-            batch["ref_logprobs"] = np.asarray(losses.token_logprobs(
-                self.model_config, self.ref_params, batch["tokens"], batch["attention_mask"])[0])
+            batch["ref_logprobs"] = np.asarray(self.ref_logprobs(
+                self.ref_params, batch["tokens"], batch["attention_mask"]))
         return batch
 
 

@@ -14,6 +14,7 @@ from she_jax import models, parallel
 from she_jax.rl import advantages as adv
 from she_jax.rl import losses
 from she_jax.train import loop
+from she_jax.train import rl as rl_lib
 from she_jax.train.config import DEFAULT_AXIS_RULES
 from she_jax.train.state import create_train_state, state_sharding
 
@@ -372,12 +373,12 @@ AGGREGATION_OPTIONS = {
 
 
 def bigram_logprobs(model_config, params, tokens, attention_mask, *, with_entropy=False,
-                    first_target=0):
+                    first_target=0, group_size=1):
     """A stand-in policy for `losses.token_logprobs`: next-token logits = a [V, V] table row
     of the current token. Same outputs and batch handling, a fraction of the transformer's
     compile time (the micro-batching test compiles 9 train steps)."""
     del model_config, attention_mask
-    assert first_target == 0  # the options under test leave it at its default
+    assert first_target == 0 and group_size == 1  # the options under test leave them be
     log_probs = jax.nn.log_softmax(params["table"][tokens[:, :-1]], axis=-1)
     logp = jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
     entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, -1) if with_entropy else None
@@ -390,8 +391,9 @@ def bigram_params():
                                                      ).astype(np.float32)}
 
 
-def one_step(loss_fn, params, accum_steps=1, mesh_sizes=None):
-    """(params, metrics) after one SGD step of `loss_fn` on rl_batch() from `params`."""
+def one_step(loss_fn, params, accum_steps=1, mesh_sizes=None, batch=None):
+    """(params, metrics) after one SGD step of `loss_fn` on `batch` (default rl_batch())
+    from `params`."""
     tx = optax.sgd(0.1)  # the update is a multiple of the gradient: a normalizer error shows
     params = jax.tree.map(jnp.asarray, params)  # fresh arrays: the step donates its state
     if mesh_sizes is None:
@@ -404,13 +406,15 @@ def one_step(loss_fn, params, accum_steps=1, mesh_sizes=None):
         state = create_train_state(params, tx, jax.random.PRNGKey(0))
         step = loop.make_train_step(loss_fn, tx, accum_steps, mesh=mesh,
                                     rules=DEFAULT_AXIS_RULES, state_sharding=state_sharding(state))
-    state, metrics = step(state, rl_batch())
+    state, metrics = step(state, rl_batch() if batch is None else batch)
     return jax.device_get(state.params), jax.device_get(metrics)
 
 
 @functools.cache
 def bigram_step(aggregation, accum_steps):
-    # make_policy_loss_fn resolves token_logprobs when the step is traced (inside one_step).
+    # make_policy_loss_fn resolves token_logprobs when the step is traced (inside one_step);
+    # the batch is built (with the real token_logprobs) before the patch.
+    rl_batch()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(losses, "token_logprobs", bigram_logprobs)
         loss_fn = losses.make_policy_loss_fn(MODEL, AGGREGATION_OPTIONS[aggregation])
@@ -459,3 +463,66 @@ def test_sharded_micro_batched_step_matches_one_device():
     assert_trees_close(params_s, params_1, atol=1e-5)
     for key in metrics_1:
         assert metrics_s[key] == pytest.approx(metrics_1[key], rel=1e-5, abs=1e-5), key
+
+
+PROMPT_LEN = 5  # rl_batch(): prompts are left-padded into positions 0..4
+
+
+@functools.cache
+def shared_prompt_batch():
+    """rl_batch() laid out as a real RL batch: the G rows of a group share the group's
+    first prompt (tokens and padding), completions stay ragged."""
+    batch = dict(rl_batch())
+    first = np.repeat(np.arange(B) * G, G)
+    for key in ("tokens", "attention_mask"):
+        value = batch[key].copy()
+        value[:, :PROMPT_LEN] = value[first, :PROMPT_LEN]
+        batch[key] = value
+    return batch
+
+
+def test_shared_prompt_forward_equals_the_row_by_row_forward():
+    batch, params = shared_prompt_batch(), params_on_host()
+    args = (MODEL, params, batch["tokens"], batch["attention_mask"])
+    row_by_row = losses.token_logprobs(*args, with_entropy=True, first_target=PROMPT_LEN - 1)
+    shared = losses.token_logprobs(*args, with_entropy=True, first_target=PROMPT_LEN - 1,
+                                   group_size=G)
+    real = batch["attention_mask"][:, :-1] & batch["attention_mask"][:, 1:]
+    real[:, :PROMPT_LEN - 1] = False  # targets before first_target are returned as 0
+    for ours, want in zip(shared, row_by_row, strict=True):
+        np.testing.assert_allclose(np.asarray(ours)[real], np.asarray(want)[real], atol=1e-5)
+        assert not np.asarray(ours)[:, :PROMPT_LEN - 1].any()
+    with pytest.raises(ValueError, match="whole groups"):
+        losses.token_logprobs(*args, first_target=PROMPT_LEN - 1, group_size=3)
+
+
+def test_shared_prompt_sharded_micro_batched_step_matches_row_by_row_one_device():
+    """The update with group_size = G (prompts run once per group) on a data x fsdp x
+    tensor mesh, 2 micro-batches of one whole group each, equals the row-by-row update on
+    one device."""
+    options = dict(aggregation="token_mean", first_target=PROMPT_LEN - 1, **OPTIONS)
+    batch = shared_prompt_batch()
+    params_1, metrics_1 = one_step(
+        losses.make_policy_loss_fn(MODEL, losses.PolicyLossConfig(**options)),
+        params_on_host(), batch=batch)
+    order = rl_lib.group_micro_batch_order(B * G, G, 2)
+    np.testing.assert_array_equal(order, [0, 4, 1, 5, 2, 6, 3, 7])
+    params_s, metrics_s = one_step(
+        losses.make_policy_loss_fn(MODEL, losses.PolicyLossConfig(group_size=G, **options)),
+        params_on_host(), accum_steps=2, mesh_sizes={"data": 2, "fsdp": 2, "tensor": 2},
+        batch={k: v[order] for k, v in batch.items()})
+    assert metrics_1["clip_fraction"] > 0 and metrics_1["kl"] > 0
+    assert_trees_close(params_s, params_1, atol=1e-5)
+    for key in metrics_1:
+        assert metrics_s[key] == pytest.approx(metrics_1[key], rel=1e-5, abs=1e-5), key
+
+
+def test_shared_prompt_checks():
+    tokens = shared_prompt_batch()["tokens"]
+    rl_lib.check_shared_prompts(tokens, G, PROMPT_LEN)
+    broken = tokens.copy()
+    broken[6, 4] += 1
+    with pytest.raises(ValueError, match=r"groups \[1\] do not share"):
+        rl_lib.check_shared_prompts(broken, G, PROMPT_LEN)
+    with pytest.raises(ValueError, match="not whole groups"):
+        rl_lib.group_micro_batch_order(8, 4, 4)

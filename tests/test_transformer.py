@@ -4,6 +4,7 @@ HF/PyTorch logits parity lives in tests/test_hf.py.
 """
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from she_jax.models import transformer
+from she_jax.models import attention, transformer
 from she_jax.models.transformer import ModelConfig
 
 # Qwen2-style (q/k/v bias, tied) and Qwen3-style (q/k norm, explicit head_dim, untied).
@@ -144,6 +145,46 @@ def test_grouped_query_attention_equals_repeated_kv_heads():
     tokens = _tokens((2, 6), QWEN2.vocab_size)
     np.testing.assert_allclose(transformer.forward(mha, mha_params, tokens),
                                transformer.forward(QWEN2, params, tokens), atol=1e-5)
+
+
+def _square_attention(q, k, v, mask):
+    """The textbook form: repeat kv heads, full T x T scores, causal & padding mask."""
+    repeat = q.shape[2] // k.shape[2]
+    k, v = jnp.repeat(k, repeat, axis=2), jnp.repeat(v, repeat, axis=2)
+    t = q.shape[1]
+    scores = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(q.shape[-1])
+    visible = jnp.tril(jnp.ones((t, t), bool))[None, None] & mask[:, None, None, :]
+    probs = jax.nn.softmax(jnp.where(visible, scores, -1e30), axis=-1)
+    return jnp.einsum("bhts,bshd->bthd", probs, v)
+
+
+@pytest.mark.parametrize("length,blocks", [(20, [(0, 8), (8, 16), (16, 20)]),
+                                           (37, [(0, 10), (10, 20), (20, 30), (30, 37)])])
+def test_block_causal_attention_equals_the_full_square(monkeypatch, length, blocks):
+    """The causal pass skips the masked key blocks. With blocks of 8 and at most 4 of them
+    (ragged last block; at 37 the block grows to 10), values and gradients must equal the
+    full-square form, with left padding on one row."""
+    monkeypatch.setattr(attention, "BLOCK", 8)
+    monkeypatch.setattr(attention, "MAX_BLOCKS", 4)
+    assert attention.query_blocks(length) == blocks
+    rng = np.random.default_rng(3)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, length, heads, 8)), jnp.float32)
+               for heads in (4, 2, 2))
+    mask = jnp.ones((2, length), bool).at[1, :5].set(False)
+    weights = jnp.asarray(rng.standard_normal((2, length, 4, 8)), jnp.float32)
+    real = mask[:, :, None, None]  # rows at padding positions are meaningless in both forms
+
+    def loss(attend, *qkv):
+        return jnp.sum(jnp.where(real, attend(*qkv, mask), 0.0) * weights)
+
+    np.testing.assert_allclose(
+        jnp.where(real, jax.jit(attention.causal)(q, k, v, mask), 0.0),
+        jnp.where(real, jax.jit(_square_attention)(q, k, v, mask), 0.0), atol=2e-5)
+    ours = jax.jit(jax.grad(functools.partial(loss, attention.causal),
+                            argnums=(0, 1, 2)))(q, k, v)
+    ref = jax.jit(jax.grad(functools.partial(loss, _square_attention), argnums=(0, 1, 2)))(q, k, v)
+    for got, want in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(got, want, atol=2e-4)
 
 
 def test_bfloat16_compute_is_close_to_float32():

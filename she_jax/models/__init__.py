@@ -13,6 +13,7 @@ from she_jax.models.transformer import (
     logits_from_hidden,
     param_logical_axes,
     prefill,
+    shared_prefix_hidden_states,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "logits_from_hidden",
     "param_logical_axes",
     "prefill",
+    "shared_prefix_hidden_states",
 ]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,13 +37,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from she_jax.models import attention
+
 Params = Mapping[str, Any]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _FAMILIES = ("qwen2", "qwen3", "llama")
-# Finite, so that a query with no visible key (a left-pad position) gets a uniform softmax
-# rather than NaN; exp(-1e30 - max) is exactly 0 next to any real score.
-_MASK_VALUE = -1e30
 # Initial values, HF style and by param name: norm scales one, biases zero, every other
 # param (kernels, embedding) normal with std = HF's `initializer_range`.
 _INIT_STDDEV = 0.02
@@ -211,6 +211,29 @@ class RMSNorm(nn.Module):
         return rms_norm(x, scale, self.eps)
 
 
+def _project(equation: str, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`einsum(equation, x, kernel)` as one 2-D matmul `[N, K] @ [K, M]`.
+
+    The equation contracts x's trailing axes with kernel's leading ones (every Projection
+    does). XLA:CPU lowers a 2-D matmul, and its two gradient matmuls, without the
+    transposes it inserts for a batched multi-axis einsum, which cost a third of a training
+    step at the tiny config.
+    """
+    inputs, out = equation.split("->")
+    lhs, rhs = inputs.split(",")
+    contracted = "".join(c for c in lhs if c in rhs and c not in out)
+    if not (lhs.endswith(contracted) and rhs.startswith(contracted)):
+        return jnp.einsum(equation, x, kernel)
+    n = len(contracted)
+    if lhs.startswith("..."):
+        n_lead = x.ndim - n
+    else:
+        n_lead = len(lhs) - n
+    lead, kept = x.shape[:n_lead], kernel.shape[n:]
+    flat = kernel.reshape(math.prod(kernel.shape[:n]), math.prod(kept))
+    return (x.reshape(math.prod(lead), flat.shape[0]) @ flat).reshape(*lead, *kept)
+
+
 class Projection(nn.Module):
     """`einsum(equation, x, kernel) + bias`: a Linear whose kernel keeps heads as separate axes.
 
@@ -229,7 +252,7 @@ class Projection(nn.Module):
             "kernel",
             nn.with_logical_partitioning(_initializer("kernel"), self.kernel_axes),
             self.kernel_shape, jnp.float32)
-        y = jnp.einsum(self.equation, x, kernel.astype(self.dtype))
+        y = _project(self.equation, x, kernel.astype(self.dtype))
         if self.bias_axes is not None:
             bias = self.param("bias",
                               nn.with_logical_partitioning(_initializer("bias"), self.bias_axes),
@@ -378,63 +401,6 @@ class Transformer(nn.Module):
         return self.lm_head(hidden).astype(jnp.float32)
 
 
-# ------------------------------------------------------------------------------ attention
-
-
-def _causal_attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Causal + padding attention. q `[B, T, H, D]`, k/v `[B, T, KVH, D]`, mask `[B, T]`."""
-    b, t, h, d = q.shape
-    kvh = k.shape[2]
-    grouped = q.reshape(b, t, kvh, h // kvh, d)
-    scores = jnp.einsum("btkrd,bskd->bkrts", grouped, k,
-                        preferred_element_type=jnp.float32) * (d ** -0.5)
-    visible = jnp.tril(jnp.ones((t, t), bool))[None] & mask[:, None, :]  # [B, T, S]
-    scores = jnp.where(visible[:, None, None], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkrts,bskd->btkrd", probs, v).reshape(b, t, h, d)
-
-
-def _shared_prefix_attend(q: jax.Array, k: jax.Array, v: jax.Array, prefix_k: jax.Array,
-                          prefix_v: jax.Array, prefix_mask: jax.Array, cache_k: jax.Array,
-                          cache_v: jax.Array,
-                          step: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    """One decode step of G samples per prompt over [shared prefix | own cache].
-
-    q `[B, G, H, D]`; k, v `[B, G, KVH, D]` (the new token's, written to cache slot `step`);
-    prefix_k `[B, KVH, D, P]`, prefix_v `[B, KVH, P, D]`, prefix_mask `[B, P]`;
-    cache_k `[B, KVH, G, D, N]`, cache_v `[B, KVH, G, N, D]`.
-    Returns (attended `[B, G, H, D]`, updated (cache_k, cache_v)).
-
-    Queries are regrouped as `[B, KVH, G*R, D]`, so against the shared prefix all G*R
-    queries of a kv head are the rows of one matmul. The softmax covers prefix and own
-    scores together without concatenating them: one shared max, one shared denominator.
-    """
-    b, g, h, d = q.shape
-    kvh = cache_k.shape[1]
-    cache_k = jax.lax.dynamic_update_slice(cache_k, k.transpose(0, 2, 1, 3)[..., None],
-                                           (0, 0, 0, 0, step))
-    cache_v = jax.lax.dynamic_update_slice(cache_v, v.transpose(0, 2, 1, 3)[:, :, :, None, :],
-                                           (0, 0, 0, step, 0))
-    grouped = q.reshape(b, g, kvh, h // kvh, d).transpose(0, 2, 1, 3, 4)  # [B, KVH, G, R, D]
-    grouped = grouped * jnp.asarray(d ** -0.5, q.dtype)
-    prefix_scores = jnp.einsum("bkgrd,bkdp->bkgrp", grouped, prefix_k,
-                               preferred_element_type=jnp.float32)
-    own_scores = jnp.einsum("bkgrd,bkgdn->bkgrn", grouped, cache_k,
-                            preferred_element_type=jnp.float32)
-    prefix_scores = jnp.where(prefix_mask[:, None, None, None, :], prefix_scores, _MASK_VALUE)
-    own_scores = jnp.where(jnp.arange(cache_k.shape[-1]) <= step, own_scores, _MASK_VALUE)
-    top = jnp.maximum(prefix_scores.max(axis=-1), own_scores.max(axis=-1))[..., None]
-    prefix_weights = jnp.exp(prefix_scores - top)
-    own_weights = jnp.exp(own_scores - top)
-    total = prefix_weights.sum(axis=-1) + own_weights.sum(axis=-1)  # [B, KVH, G, R]
-    attended = (jnp.einsum("bkgrp,bkpd->bkgrd", prefix_weights.astype(v.dtype), prefix_v,
-                           preferred_element_type=jnp.float32)
-                + jnp.einsum("bkgrn,bkgnd->bkgrd", own_weights.astype(v.dtype), cache_v,
-                             preferred_element_type=jnp.float32))
-    attended = (attended / total[..., None]).astype(v.dtype).transpose(0, 2, 1, 3, 4)
-    return attended.reshape(b, g, h, d), (cache_k, cache_v)
-
-
 # ------------------------------------------------------------------------------ public API
 
 
@@ -491,7 +457,7 @@ def _init_method(module: Transformer, tokens, rope, attends):
 
 
 def _kept_nothing(q, k, v, mask):
-    return _causal_attend(q, k, v, mask), None
+    return attention.causal(q, k, v, mask), None
 
 
 def param_logical_axes(config: ModelConfig) -> dict[str, Any]:
@@ -528,6 +494,59 @@ def hidden_states(config: ModelConfig, params: Params, tokens: jax.Array,
     return _hidden_states(config, params, tokens, attention_mask)
 
 
+def _shared_prefix_hidden_states(config: ModelConfig, params: Params, prompt: jax.Array,
+                                 prompt_mask: jax.Array | None, completion: jax.Array,
+                                 completion_mask: jax.Array | None
+                                 ) -> tuple[jax.Array, jax.Array]:
+    b, g, c = completion.shape
+    prompt_mask = _normalize_mask(prompt, prompt_mask)
+    completion_mask = (jnp.ones(completion.shape, bool) if completion_mask is None
+                       else completion_mask.astype(bool))
+    module = _module(config)
+
+    def keep_kv(q, k, v):
+        return attention.causal(q, k, v, prompt_mask), (k, v)
+
+    prompt_hidden, kept = module.apply(
+        params, prompt, _rope_for(config, positions_from_mask(prompt_mask)),
+        (keep_kv,) * config.num_layers)
+    # The positions the full row [prompt | completion] would give: cumsum over the row - 1.
+    lengths = jnp.sum(prompt_mask, axis=-1, dtype=jnp.int32)
+    positions = jnp.maximum(
+        lengths[:, None, None] + jnp.cumsum(completion_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+    def over_prefix(prefix_kv):
+        def attend(q, k, v):
+            split = lambda x: x.reshape(b, g, c, *x.shape[2:])
+            attended = attention.prefix_causal(split(q), split(k), split(v), *prefix_kv,
+                                               prompt_mask, completion_mask)
+            return attended.reshape(q.shape), None
+        return attend
+
+    hidden, _ = module.apply(params, completion.reshape(b * g, c),
+                             _rope_for(config, positions.reshape(b * g, c)),
+                             tuple(over_prefix(kv) for kv in kept))
+    return prompt_hidden, hidden.reshape(b, g, c, -1)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def shared_prefix_hidden_states(config: ModelConfig, params: Params, prompt: jax.Array,
+                                prompt_mask: jax.Array | None, completion: jax.Array,
+                                completion_mask: jax.Array | None = None
+                                ) -> tuple[jax.Array, jax.Array]:
+    """Hidden states of G completions per prompt, the prompt run once per group.
+
+    prompt `[B, P]` int32 with prompt_mask `[B, P]` bool (left padding, or None);
+    completion `[B, G, C]` int32 with completion_mask `[B, G, C]` bool: row (b, g) is the
+    sequence [prompt[b] | completion[b, g]]. Returns (prompt hidden `[B, P, E]`,
+    completion hidden `[B, G, C, E]`), final-normed, equal to `hidden_states` of the
+    concatenated rows at those positions; the prompt's layers (and their gradients) are
+    computed once per group instead of G times (`attention.prefix_causal`).
+    """
+    return _shared_prefix_hidden_states(config, params, prompt, prompt_mask, completion,
+                                        completion_mask)
+
+
 def logits_from_hidden(config: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
     """hidden `[..., E]` -> logits `[..., V]` float32."""
     return _module(config).apply(params, hidden, method=Transformer.logits)
@@ -561,7 +580,7 @@ def prefill_impl(config: ModelConfig, params: Params, tokens: jax.Array,
         # Keys as [B, KVH, D, P], values as [B, KVH, P, D]: the decode-time matmuls then
         # contract over the operand's second-minor axis, which XLA:CPU runs far faster
         # than contracting two minor axes.
-        return _causal_attend(q, k, v, mask), (k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3))
+        return attention.causal(q, k, v, mask), (k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3))
 
     hidden, kept = _module(config).apply(params, tokens,
                                          _rope_for(config, positions_from_mask(mask)),
@@ -635,7 +654,7 @@ def decode_step_impl(config: ModelConfig, params: Params, tokens: jax.Array, ste
     rope = tuple(jax.lax.dynamic_slice_in_dim(table, step, 1, axis=1).reshape(b, 1, 1, -1)
                  for table in (cache.cos, cache.sin))
     attends = tuple(
-        functools.partial(_shared_prefix_attend, prefix_k=pk, prefix_v=pv,
+        functools.partial(attention.shared_prefix_decode, prefix_k=pk, prefix_v=pv,
                           prefix_mask=prefix.mask, cache_k=ck, cache_v=cv, step=step)
         for pk, pv, ck, cv in zip(prefix.k, prefix.v, cache.k, cache.v, strict=True))
     hidden, kept = _module(config).apply(params, tokens, rope, attends)

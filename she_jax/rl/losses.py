@@ -29,10 +29,35 @@ AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "constant")
 _NO_RATIO_MIN = float(jnp.finfo(jnp.float32).max)
 
 
-@functools.partial(jax.jit, static_argnames=("model_config", "with_entropy", "first_target"))
+def _grouped_hidden(model_config: transformer.ModelConfig, params: Any, tokens: jax.Array,
+                    attention_mask: jax.Array, first_target: int, group_size: int) -> jax.Array:
+    """hidden `[N, T-1-first_target, E]` at positions first_target..T-2, the shared prompt
+    (tokens [:first_target + 1] of each group's rows) run once per group."""
+    n, t = tokens.shape
+    if n % group_size:
+        raise ValueError(f"{n} rows are not whole groups of group_size={group_size}")
+    prompt_len = first_target + 1
+    if prompt_len >= t - 1:
+        raise ValueError(f"group sharing needs a completion after the prompt: first_target="
+                         f"{first_target}, T={t}")
+    rows = tokens.reshape(n // group_size, group_size, t)
+    mask = attention_mask.reshape(rows.shape)
+    prompt_hidden, completion_hidden = transformer.shared_prefix_hidden_states(
+        model_config, params, rows[:, 0, :prompt_len], mask[:, 0, :prompt_len],
+        rows[:, :, prompt_len:t - 1], mask[:, :, prompt_len:t - 1])
+    # Position first_target (the prompt's last) predicts the first completion token.
+    last = jnp.broadcast_to(prompt_hidden[:, None, -1:],
+                            (*rows.shape[:2], 1, prompt_hidden.shape[-1]))
+    hidden = jnp.concatenate([last, completion_hidden], axis=2)
+    return hidden.reshape(n, t - prompt_len, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("model_config", "with_entropy", "first_target",
+                                             "group_size"))
 def token_logprobs(model_config: transformer.ModelConfig, params: Any, tokens: jax.Array,
                    attention_mask: jax.Array, *, with_entropy: bool = False,
-                   first_target: int = 0) -> tuple[jax.Array, jax.Array | None]:
+                   first_target: int = 0,
+                   group_size: int = 1) -> tuple[jax.Array, jax.Array | None]:
     """Log-probs of the target tokens under the model, and optionally the entropies.
 
     tokens: [N, T] int32; attention_mask: [N, T] bool.
@@ -49,6 +74,11 @@ def token_logprobs(model_config: transformer.ModelConfig, params: Any, tokens: j
     are masked out); the vocab projection, log-normalizer and entropy run only from there
     — at tiny and small scale about half the positions of an RL batch — and the skipped
     entries are returned as 0.
+    group_size (static): G > 1 says rows come in groups of G consecutive rows that share
+    their first `first_target + 1` tokens (an RL batch: G samples of one prompt; the
+    caller guarantees it, `RLFeed` checks it). The prompt is then run once per group
+    (`transformer.shared_prefix_hidden_states`), not G times: at 8 x 8 rollouts of 128 +
+    128 tokens the forward and backward see 9,200 tokens instead of 16,300. Same values.
     """
     if tokens.ndim != 2 or attention_mask.shape != tokens.shape:
         raise ValueError(f"tokens [N, T] and attention_mask [N, T] disagree: shapes "
@@ -56,9 +86,13 @@ def token_logprobs(model_config: transformer.ModelConfig, params: Any, tokens: j
     if not 0 <= first_target < tokens.shape[1] - 1:
         raise ValueError(f"first_target={first_target} must be in [0, T - 1 = "
                          f"{tokens.shape[1] - 1})")
-    hidden = transformer.hidden_states(model_config, params, tokens[:, :-1],
-                                       attention_mask[:, :-1])
-    logits = transformer.logits_from_hidden(model_config, params, hidden[:, first_target:])
+    if group_size > 1:
+        hidden = _grouped_hidden(model_config, params, tokens, attention_mask, first_target,
+                                 group_size)
+    else:
+        hidden = transformer.hidden_states(model_config, params, tokens[:, :-1],
+                                           attention_mask[:, :-1])[:, first_target:]
+    logits = transformer.logits_from_hidden(model_config, params, hidden)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     targets = tokens[:, 1 + first_target:]
     target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
@@ -283,6 +317,9 @@ class PolicyLossConfig:
     # First target index whose log-prob the loss needs (RL: prompt length - 1; targets
     # before it must be outside loss_mask): logits are computed from there only.
     first_target: int = 0
+    # Rows come in groups of group_size sharing their first first_target + 1 tokens (an RL
+    # batch's prompt): the forward runs each group's prompt once (token_logprobs). 1 = off.
+    group_size: int = 1
 
     def __post_init__(self):
         if self.aggregation not in AGGREGATIONS:
@@ -323,7 +360,8 @@ def make_policy_loss_fn(model_config: transformer.ModelConfig, loss_options: Pol
             raise ValueError("kl_beta > 0 needs batch['ref_logprobs']")
         logp, entropy = token_logprobs(model_config, params, batch["tokens"],
                                        batch["attention_mask"], with_entropy=with_entropy,
-                                       first_target=loss_options.first_target)
+                                       first_target=loss_options.first_target,
+                                       group_size=loss_options.group_size)
         return policy_loss(
             logp, batch["old_logprobs"], batch["advantages"], batch["loss_mask"],
             eps_low=loss_options.eps_low, eps_high=loss_options.eps_high,

@@ -61,6 +61,10 @@ def rl_section() -> ml_collections.ConfigDict:
     c.samples_every = 10  # write decoded rollouts to samples.jsonl every N rollout batches
     c.samples_groups = 2  # prompt groups written each time
     c.reference = "init"  # KL reference: 'init' (the starting policy, frozen)
+    # Run each group's prompt once in the update and reference forwards (the G rows of a
+    # group share it; same values, ~1.5x faster updates at 8 x 8 rollouts of 128 + 128).
+    # Minibatches (num_minibatches > 1) then hold whole groups.
+    c.share_prompt = True
     # The clipped policy objective (she_jax.rl.losses.PolicyLossConfig).
     c.loss = ml_collections.ConfigDict()
     c.loss.eps_low = 0.2  # lower clip: ratio >= 1 - eps_low
@@ -128,11 +132,12 @@ def advantage_config(section: ml_collections.ConfigDict) -> adv_lib.StepAdvantag
 
 
 def policy_loss_config(section: ml_collections.ConfigDict, max_new_tokens: int,
-                       prompt_len: int = 1) -> losses.PolicyLossConfig:
+                       prompt_len: int = 1, group_size: int = 1) -> losses.PolicyLossConfig:
     """The loss options; prompt_len (the RL batches' fixed prompt length) lets the loss
-    skip the vocab projection over the prompt's targets."""
+    skip the vocab projection over the prompt's targets; group_size > 1 runs each group's
+    shared prompt once (`share_prompt`)."""
     return losses.PolicyLossConfig(
-        first_target=prompt_len - 1,
+        first_target=prompt_len - 1, group_size=group_size,
         eps_low=section.eps_low, eps_high=section.eps_high, aggregation=section.aggregation,
         constant_len=int(max_new_tokens), kl_beta=section.kl_beta,
         entropy_coef=section.entropy_coef, off_policy_gamma=section.off_policy_gamma)
@@ -159,13 +164,42 @@ def _decode_pending(text: str) -> list[dict[str, np.ndarray]]:
     return [batches[i] for i in sorted(batches)]
 
 
-def _ref_logprobs_fn(model_config: transformer.ModelConfig, first_target: int):
+def ref_logprobs_fn(model_config: transformer.ModelConfig, first_target: int,
+                    group_size: int = 1):
+    """(params, tokens [N, T], attention_mask [N, T]) -> reference log-probs [N, T-1]."""
     @jax.jit
     def ref_logprobs(params, tokens, attention_mask):
         logp, _ = losses.token_logprobs(model_config, params, tokens, attention_mask,
-                                        first_target=first_target)
+                                        first_target=first_target, group_size=group_size)
         return logp
     return ref_logprobs
+
+
+def shared_group_size(rl: ml_collections.ConfigDict) -> int:
+    """The group_size the update and reference forwards share prompts over (1 = off)."""
+    return int(rl.group_size) if rl.get("share_prompt", True) else 1
+
+
+def group_micro_batch_order(rows: int, group_size: int, accum_steps: int) -> np.ndarray:
+    """Row order under which each of `loop.split_micro_batches`'s strided micro-batches
+    (rows i::A) holds whole consecutive groups: micro-batch i gets rows i*R .. (i+1)*R - 1
+    of the input (R = rows / A, a multiple of group_size)."""
+    if rows % accum_steps or (rows // accum_steps) % group_size:
+        raise ValueError(f"{rows} rows in {accum_steps} micro-batches are not whole groups "
+                         f"of {group_size}")
+    return np.arange(rows).reshape(accum_steps, rows // accum_steps).T.reshape(-1)
+
+
+def check_shared_prompts(tokens: np.ndarray, group_size: int, prompt_len: int) -> None:
+    """Rows of each group must share their first prompt_len tokens (the shared forward
+    runs the first row's prompt for the whole group)."""
+    if group_size <= 1:
+        return
+    rows = tokens.reshape(-1, group_size, tokens.shape[-1])[:, :, :prompt_len]
+    differ = np.flatnonzero(np.any(rows != rows[:, :1], axis=(1, 2)))
+    if differ.size:
+        raise ValueError(f"update batch groups {differ.tolist()} do not share their prompt "
+                         f"tokens; set config.rl.share_prompt=False for such batches")
 
 
 class RLFeed:
@@ -181,7 +215,10 @@ class RLFeed:
         self.scorer, self.replay, self.order = scorer, replay, order
         self.ref_params = ref_params if rl.loss.kl_beta > 0 else None
         self.prompt_len = rollout_lib.prompt_length_for(self.records, tokenizer)
-        self.ref_logprobs = (_ref_logprobs_fn(model_config, self.prompt_len - 1)
+        self.shared_group = shared_group_size(rl)
+        self.accum_steps = int(config.batch.accum_steps)
+        self.ref_logprobs = (ref_logprobs_fn(model_config, self.prompt_len - 1,
+                                             self.shared_group)
                              if self.ref_params is not None else None)
         self.seed = int(config.seed)
         self.prompt_sampler = filtering.pool_sampler(
@@ -203,6 +240,13 @@ class RLFeed:
         if rows % rl.num_minibatches:
             raise ValueError(f"config.rl.num_minibatches={rl.num_minibatches} must divide "
                              f"prompts_per_step * group_size = {rows}")
+        if (self.shared_group > 1
+                and rl.prompts_per_step % (rl.num_minibatches * self.accum_steps)):
+            raise ValueError(
+                f"config.rl.num_minibatches * config.batch.accum_steps = "
+                f"{rl.num_minibatches} * {self.accum_steps} must divide prompts_per_step = "
+                f"{rl.prompts_per_step} while config.rl.share_prompt=True (minibatches and "
+                "micro-batches hold whole groups)")
 
     # --- train_loop hooks -------------------------------------------------------------
     def observe_state(self, state: Any) -> None:
@@ -268,6 +312,7 @@ class RLFeed:
         group_valid = np.asarray(valid, bool)
         row_valid = np.repeat(group_valid, rl.group_size)
         batch["loss_mask"] &= row_valid[:, None]
+        check_shared_prompts(batch["tokens"], self.shared_group, self.prompt_len)
         batch["advantages"] = np.asarray(self.advantage_fn(
             rewards=scored.rewards.astype(np.float32),
             token_step_ids=batch["token_step_ids"], loss_mask=batch["loss_mask"],
@@ -291,11 +336,16 @@ class RLFeed:
 
     def _minibatches(self, batch: dict[str, np.ndarray], rng: np.random.Generator
                      ) -> list[dict[str, np.ndarray]]:
-        rows = batch["tokens"].shape[0]
+        rows, group = batch["tokens"].shape[0], self.shared_group
         parts = []
         for _ in range(self.rl.num_iterations):
-            order = rng.permutation(rows) if self.rl.num_minibatches > 1 else np.arange(rows)
+            order = np.arange(rows)
+            if self.rl.num_minibatches > 1:  # shared prompts: whole groups stay together
+                groups = rng.permutation(rows // group)
+                order = (groups[:, None] * group + np.arange(group)).reshape(-1)
             for chunk in np.split(order, self.rl.num_minibatches):
+                if group > 1 and self.accum_steps > 1:
+                    chunk = chunk[group_micro_batch_order(len(chunk), group, self.accum_steps)]
                 parts.append({k: v[chunk] for k, v in batch.items()})
         return parts
 
@@ -395,7 +445,8 @@ def train_rl(config: ml_collections.ConfigDict, workdir: str, *,
                   model_config=model_config, scorer=scorer, order=order,
                   ref_params=ref_params, replay=replay)
     loss_fn = losses.make_policy_loss_fn(
-        model_config, policy_loss_config(rl.loss, rl.max_new_tokens, feed.prompt_len))
+        model_config, policy_loss_config(rl.loss, rl.max_new_tokens, feed.prompt_len,
+                                         feed.shared_group))
     state, step_fn = bootstrap.train_state_and_step(config, params, loss_fn, mesh, rules)
     state = loop.train_loop(
         train_step=step_fn, state=state, data=feed, workdir=workdir, total_steps=total_steps,
