@@ -91,7 +91,8 @@ def build_prerequisites(config: ml_collections.ConfigDict) -> None:
       directory fills config.init_dir (unless init_dir is given: then nothing is built).
     config.prerequisites: {config name: dotted key} of further runs this one reads (e.g.
       the reward model: {'genrm': 'srpo.genrm_dir'}); each directory fills its key, unless
-      the key is already set.
+      the key is already set, or the trainer's `needs_prerequisite(config, name)` says the
+      config does not read it (SRPO with verifier-only step rewards needs no reward model).
     """
     variant = config.get("variant", None)
     prerequisite = config.get("init_from", None)
@@ -99,7 +100,11 @@ def build_prerequisites(config: ml_collections.ConfigDict) -> None:
         parent_workdir = _build(prerequisite, variant)
         with config.unlocked():
             config.init_dir = parent_workdir
+    needs = getattr(trainer_module(config.trainer), "needs_prerequisite", None)
     for name, key in (config.get("prerequisites", None) or {}).items():
+        if needs is not None and not needs(config, name):
+            logging.info("prerequisite %s not needed by this config", name)
+            continue
         section, value = config, None
         for part in key.split("."):
             section = section.get(part, None) if section is not None else None

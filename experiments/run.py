@@ -9,6 +9,7 @@ its own default workdir, unless that workdir already holds a finished run (`eval
 from __future__ import annotations
 
 import logging
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -28,8 +29,22 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def use_compilation_cache() -> None:
+    """JAX's persistent compilation cache, shared by every run on this machine (the runs
+    of a chain, sweeps, reruns compile the same step, sampler and evaluator programs):
+    $JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/she_jax/jit. Keys cover the program,
+    the compile options and the jax version, so a stale entry is never reused."""
+    import jax
+
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "she_jax", "jit")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def main(argv: list[str]) -> None:
     quiet_libraries()
+    use_compilation_cache()
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = _CONFIG.value

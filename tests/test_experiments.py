@@ -85,13 +85,11 @@ def test_srpo_stage3_builds_its_whole_chain_in_order(tmp_path, monkeypatch):
     registry.build_prerequisites(config)
     names = [b[0] for b in built]
     # Each run is built after what it starts from and reads.
-    assert names.index("sft_think") < names.index("srpo_stage1") < names.index("srpo_stage2")
-    assert names.index("genrm") < names.index("srpo_stage1")
-    assert sorted(names) == ["genrm", "sft_think", "srpo_stage1", "srpo_stage2"]
+    assert names == ["sft_think", "srpo_stage1", "srpo_stage2"]  # verifier steps: no genrm
     # Prerequisites are evaluated on part of dev only; the target keeps its full eval.
     assert all(b[1] == registry.PREREQUISITE_EVAL_SPLITS for b in built)
     assert config.init_dir == str(tmp_path / "srpo_stage2")
-    assert config.srpo.genrm_dir == str(tmp_path / "genrm")
+    assert config.srpo.genrm_dir == ""
     assert config.curriculum.difficulty_dir == str(tmp_path / "sft_think")
     assert "test_longtail" in config.eval.splits
     stage2 = [b for b in built if b[0] == "srpo_stage2"][0]
@@ -100,6 +98,13 @@ def test_srpo_stage3_builds_its_whole_chain_in_order(tmp_path, monkeypatch):
     built.clear()
     registry.build_prerequisites(registry.load_config("srpo_stage3"))
     assert built == []
+    # The paper's hybrid step rewards read the reward model: it is built, and only it.
+    config = registry.load_config("srpo_stage3")
+    with config.unlocked():
+        config.srpo.step_reward.source = "hybrid"
+    registry.build_prerequisites(config)
+    assert [b[0] for b in built] == ["genrm"]
+    assert config.srpo.genrm_dir == str(tmp_path / "genrm")
 
 
 def test_a_given_init_dir_builds_nothing(tmp_path, monkeypatch):

@@ -35,6 +35,14 @@ def srpo_section() -> ml_collections.ConfigDict:
     return c
 
 
+def needs_prerequisite(config: ml_collections.ConfigDict, name: str) -> bool:
+    """experiments.registry hook: the reward model run is built only when a step-reward
+    source reads it."""
+    if name == "genrm":
+        return config.srpo.step_reward.source in GENRM_SOURCES
+    return True
+
+
 def make_srpo_scorer(config: ml_collections.ConfigDict, tokenizer: Any, splits: Any,
                      order: str) -> rl.Scorer:
     del tokenizer, splits, order
