@@ -16,10 +16,11 @@ def srpo_stage_config(stage: int, arg: str | None) -> ml_collections.ConfigDict:
     c.prerequisites = ml_collections.ConfigDict(
         {"genrm": "srpo.genrm_dir", "sft_think": "curriculum.difficulty_dir"})
     c.srpo = srpo_section()
-    # Step rewards from the offline verifier (every ShopWorld rl prompt is annotated): at
-    # tiny scale it beat the reward-model and hybrid sources on every split (README,
-    # "Results"), and the chain then needs no reward model run. The paper's hybrid:
-    # --config.srpo.step_reward.source=hybrid (builds experiments/genrm.py first).
+    # Step rewards from the offline verifier: at tiny scale it beat the reward-model and
+    # hybrid sources on every split (README, "Results"), and the chain then needs no reward
+    # model run. Prompts without step annotations (verifier/coverage in the metrics) then
+    # get the outcome advantage only. The paper's hybrid, the reward model scoring the
+    # unannotated ones: --config.srpo.step_reward.source=hybrid (builds genrm.py first).
     c.srpo.step_reward.source = "verifier"
     c.curriculum = curriculum_section(stage)
     # Step-level advantages with critical-step prioritization and the outcome added.
