@@ -526,3 +526,21 @@ def test_shared_prompt_checks():
         rl_lib.check_shared_prompts(broken, G, PROMPT_LEN)
     with pytest.raises(ValueError, match="not whole groups"):
         rl_lib.group_micro_batch_order(8, 4, 4)
+
+
+def test_minibatches_and_micro_batches_hold_whole_groups():
+    # 6 groups of 4, 2 passes of 3 minibatches, 2 micro-batches each: every micro-batch
+    # that split_micro_batches makes of a part is one whole group, every row once per pass.
+    parts = rl_lib.minibatch_rows(24, 4, num_iterations=2, num_minibatches=3, accum_steps=2,
+                                  rng=np.random.default_rng(0))
+    assert len(parts) == 6
+    for i in range(2):
+        np.testing.assert_array_equal(np.sort(np.concatenate(parts[3 * i:3 * i + 3])),
+                                      np.arange(24))
+    for part in parts:
+        for micro in np.asarray(loop.split_micro_batches(jnp.asarray(part), 2)):
+            assert len(set(micro // 4)) == 1 and sorted(micro % 4) == [0, 1, 2, 3], micro
+    # The two passes shuffle differently; one minibatch keeps the batch order.
+    assert not np.array_equal(np.concatenate(parts[:3]), np.concatenate(parts[3:]))
+    plain = rl_lib.minibatch_rows(8, 1, 1, 1, 1, np.random.default_rng(0))
+    np.testing.assert_array_equal(plain[0], np.arange(8))

@@ -190,6 +190,25 @@ def group_micro_batch_order(rows: int, group_size: int, accum_steps: int) -> np.
     return np.arange(rows).reshape(accum_steps, rows // accum_steps).T.reshape(-1)
 
 
+def minibatch_rows(rows: int, group_size: int, num_iterations: int, num_minibatches: int,
+                   accum_steps: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Row indices of each update of a rollout batch: num_iterations passes, each split in
+    num_minibatches parts (shuffled when > 1). With group_size > 1 (shared prompts) whole
+    groups are shuffled, and each part is ordered so that its accum_steps strided
+    micro-batches hold whole groups too."""
+    parts = []
+    for _ in range(num_iterations):
+        order = np.arange(rows)
+        if num_minibatches > 1:
+            groups = rng.permutation(rows // group_size)
+            order = (groups[:, None] * group_size + np.arange(group_size)).reshape(-1)
+        for chunk in np.split(order, num_minibatches):
+            if group_size > 1 and accum_steps > 1:
+                chunk = chunk[group_micro_batch_order(len(chunk), group_size, accum_steps)]
+            parts.append(chunk)
+    return parts
+
+
 def check_shared_prompts(tokens: np.ndarray, group_size: int, prompt_len: int) -> None:
     """Rows of each group must share their first prompt_len tokens (the shared forward
     runs the first row's prompt for the whole group)."""
@@ -336,18 +355,10 @@ class RLFeed:
 
     def _minibatches(self, batch: dict[str, np.ndarray], rng: np.random.Generator
                      ) -> list[dict[str, np.ndarray]]:
-        rows, group = batch["tokens"].shape[0], self.shared_group
-        parts = []
-        for _ in range(self.rl.num_iterations):
-            order = np.arange(rows)
-            if self.rl.num_minibatches > 1:  # shared prompts: whole groups stay together
-                groups = rng.permutation(rows // group)
-                order = (groups[:, None] * group + np.arange(group)).reshape(-1)
-            for chunk in np.split(order, self.rl.num_minibatches):
-                if group > 1 and self.accum_steps > 1:
-                    chunk = chunk[group_micro_batch_order(len(chunk), group, self.accum_steps)]
-                parts.append({k: v[chunk] for k, v in batch.items()})
-        return parts
+        parts = minibatch_rows(batch["tokens"].shape[0], self.shared_group,
+                               self.rl.num_iterations, self.rl.num_minibatches,
+                               self.accum_steps, rng)
+        return [{k: v[rows] for k, v in batch.items()} for rows in parts]
 
     def _log_rollout(self, index: int, rollouts: Rollouts, scored: Scored,
                      batch: dict[str, np.ndarray], group_valid: np.ndarray,
