@@ -1,6 +1,6 @@
 r"""SFT with chain of thought (TaoSR1 stage 1), trainer `sft`.
 
-  python -m experiments.run --config=experiments/sft.py                 # tiny, ~5 min on 2 CPU cores
+  python -m experiments.run --config=experiments/sft.py                 # tiny, ~11 min on 2 CPU cores
   python -m experiments.run --config=experiments/sft.py --config.sft.order=think_first
   python -m experiments.run --config=experiments/sft.py:small           # small model + world
   python -m experiments.run --config=experiments/sft.py:qwen \
