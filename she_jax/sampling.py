@@ -4,9 +4,9 @@
 max_new_tokens=N)` draws G samples for each of B prompts. Everything after the host-side
 checks runs in ONE jit: the prompts are prefilled once (batch B, not B*G), then
 `lax.while_loop`s decode all B*G samples in lockstep. The prompt K/V are shared by the G
-samples of a prompt (`transformer.PrefixCache`, `[B, KVH, P, D]` per layer): a decode step
+samples of a prompt (`decoding.PrefixCache`, `[B, KVH, P, D]` per layer): a decode step
 scores each sample's query against the shared prefix and against its own K/V
-(`transformer.SampleCache`, `[B, KVH, G, N, D]`) under one softmax, so nothing is copied G
+(`decoding.SampleCache`, `[B, KVH, G, N, D]`) under one softmax, so nothing is copied G
 times. The sample cache is a while-loop carry, updated in place; it grows in up to four
 phases so early steps do not read empty slots. The loop stops early once every sample has
 emitted EOS (unless `stop_at_eos=False`).
@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from she_jax.models import transformer
+from she_jax.models import decoding, transformer
 from she_jax.models.transformer import ModelConfig, Params
 
 # Python traces of the jitted entry points, by name. A trace means a compilation, so a
@@ -164,7 +164,7 @@ class _LoopState:
     logprobs: jax.Array  # [B, G, Nb]
     policy_logprobs: jax.Array  # [B, G, Nb]
     lengths: jax.Array  # [B, G]
-    cache: transformer.SampleCache
+    cache: decoding.SampleCache
 
 
 # ------------------------------------------------------------------------- host-side checks
@@ -327,15 +327,15 @@ def _generate(program: _Program, params: Params, tokens: jax.Array, mask: jax.Ar
     b, g, vocab = tokens.shape[0], num_samples, config.vocab_size
     widths = _phase_widths(output_len)
     if program.share_prefix:
-        last_logits, prefix = transformer.prefill_impl(config, params, tokens, mask)
-        cache = transformer.init_sample_cache(config, prefix, g, output_len, widths[0])
+        last_logits, prefix = decoding.prefill_impl(config, params, tokens, mask)
+        cache = decoding.init_sample_cache(config, prefix, g, output_len, widths[0])
         first_logits = jnp.broadcast_to(last_logits[:, None], (b, g, vocab))
     else:
-        last_logits, prefix = transformer.prefill_impl(
+        last_logits, prefix = decoding.prefill_impl(
             config, params, jnp.repeat(tokens, g, axis=0), jnp.repeat(mask, g, axis=0))
-        cache = transformer.init_sample_cache(config, prefix, 1, output_len, widths[0])
+        cache = decoding.init_sample_cache(config, prefix, 1, output_len, widths[0])
         first_logits = last_logits.reshape(b, g, vocab)
-    kernel = transformer.output_kernel(config, params)  # once, outside the loop
+    kernel = decoding.output_kernel(config, params)  # once, outside the loop
 
     def body(state: _LoopState) -> _LoopState:
         # Sample token s, then feed it (cache slot s) to get the distribution of token s + 1.
@@ -344,7 +344,7 @@ def _generate(program: _Program, params: Params, tokens: jax.Array, mask: jax.Ar
         slot = state.step
         token, state = _record(program, knobs, state, uniforms)
         token = token if program.share_prefix else token.reshape(b * g, 1)
-        logits, cache = transformer.decode_step_impl(config, params, token, slot, prefix,
+        logits, cache = decoding.decode_step_impl(config, params, token, slot, prefix,
                                                      state.cache, kernel)
         return state.replace(logits=logits.reshape(b, g, vocab), cache=cache)
 
@@ -360,7 +360,7 @@ def _generate(program: _Program, params: Params, tokens: jax.Array, mask: jax.Ar
         logprobs=zeros, policy_logprobs=zeros, lengths=jnp.zeros((b, g), jnp.int32),
         cache=cache)
     for width in widths:
-        state = state.replace(cache=transformer.grow_sample_cache(state.cache, width))
+        state = state.replace(cache=decoding.grow_sample_cache(state.cache, width))
         state = jax.lax.while_loop(functools.partial(keep_going, width=width), body, state)
     return SampleOutput(tokens=state.tokens, logprobs=state.logprobs,
                         policy_logprobs=state.policy_logprobs, lengths=state.lengths)
@@ -426,7 +426,7 @@ def _label_scores(config: ModelConfig, params: Params, tokens: jax.Array, mask: 
                   label_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
     TRACE_COUNTS["score_labels"] += 1
     hidden = transformer.hidden_states(config, params, tokens, mask)
-    last = jnp.take_along_axis(hidden, transformer.last_token_index(mask)[:, None, None], axis=1)
+    last = jnp.take_along_axis(hidden, decoding.last_token_index(mask)[:, None, None], axis=1)
     logits = transformer.logits_from_hidden(config, params, last[:, 0])  # [B, V]
     label_logits = logits[:, label_ids]
     return (jax.nn.softmax(label_logits, axis=-1),

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from she_jax.models import attention, transformer
+from she_jax.models import attention, decoding, transformer
 from she_jax.models.transformer import ModelConfig
 
 # Qwen2-style (q/k/v bias, tied) and Qwen3-style (q/k norm, explicit head_dim, untied).
@@ -215,7 +215,7 @@ def test_prefill_then_decode_matches_forward(config):
     prompt = _tokens((b, p), config.vocab_size, seed=1)
     prompt_mask = jnp.arange(p)[None] >= jnp.array([[0], [2]])
     generated = _tokens((b, g, n), config.vocab_size, seed=2)
-    last_logits, prefix = transformer.prefill(config, params, prompt, prompt_mask)
+    last_logits, prefix = decoding.prefill(config, params, prompt, prompt_mask)
     full = transformer.forward(config, params, prompt, prompt_mask)
     np.testing.assert_allclose(last_logits, full[:, -1], atol=1e-5)
 
@@ -223,10 +223,10 @@ def test_prefill_then_decode_matches_forward(config):
     expected = [transformer.forward(
         config, params, jnp.concatenate([prompt, generated[:, sample]], axis=1),
         jnp.concatenate([prompt_mask, jnp.ones((b, n), bool)], axis=1)) for sample in range(g)]
-    cache = transformer.init_sample_cache(config, prefix, g, length=8, slots=4)
-    cache = transformer.grow_sample_cache(cache, 8)  # growing keeps decoding exact
+    cache = decoding.init_sample_cache(config, prefix, g, length=8, slots=4)
+    cache = decoding.grow_sample_cache(cache, 8)  # growing keeps decoding exact
     for step in range(n):
-        logits, cache = transformer.decode_step(config, params, generated[:, :, step],
+        logits, cache = decoding.decode_step(config, params, generated[:, :, step],
                                                 jnp.int32(step), prefix, cache)
         assert logits.shape == (b, g, config.vocab_size)
         for sample in range(g):
@@ -236,10 +236,10 @@ def test_prefill_then_decode_matches_forward(config):
 
 def test_grow_sample_cache_refuses_to_shrink_or_outgrow_rope_tables():
     params = _params(QWEN2)
-    _, prefix = transformer.prefill(QWEN2, params, _tokens((1, 3), QWEN2.vocab_size))
-    cache = transformer.init_sample_cache(QWEN2, prefix, 2, length=8, slots=4)
+    _, prefix = decoding.prefill(QWEN2, params, _tokens((1, 3), QWEN2.vocab_size))
+    cache = decoding.init_sample_cache(QWEN2, prefix, 2, length=8, slots=4)
     assert cache.k[0].shape == (1, 2, 2, 8, 4) and cache.v[0].shape == (1, 2, 2, 4, 8)
     with pytest.raises(ValueError, match="cannot grow"):
-        transformer.grow_sample_cache(cache, 2)
+        decoding.grow_sample_cache(cache, 2)
     with pytest.raises(ValueError, match="cannot grow"):
-        transformer.grow_sample_cache(cache, 9)
+        decoding.grow_sample_cache(cache, 9)
