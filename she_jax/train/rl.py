@@ -177,7 +177,7 @@ def ref_logprobs_fn(model_config: transformer.ModelConfig, first_target: int,
 
 def shared_group_size(rl: ml_collections.ConfigDict) -> int:
     """The group_size the update and reference forwards share prompts over (1 = off)."""
-    return int(rl.group_size) if rl.get("share_prompt", True) else 1
+    return int(rl.group_size) if rl.share_prompt else 1
 
 
 def group_micro_batch_order(rows: int, group_size: int, accum_steps: int) -> np.ndarray:
