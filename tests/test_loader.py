@@ -184,3 +184,28 @@ def test_shopworld_records_through_both_orders(tmp_path):
                 record = splits["sft"][batch["index"][row]]
                 assert parsed.format_valid and parsed.label == record["label"]
                 assert parsed.steps == record["annotations"]
+
+
+def test_several_orders_put_every_record_once_per_order_in_an_epoch(records, tokenizer):
+    orders = ("answer_first", "think_first")
+    ds = loader.sft_dataset(records, tokenizer, batch_size=4, buckets=BUCKETS, order=orders,
+                            drop_remainder=False, seed=5)
+    n = len(records)
+    seen = []
+    for batch in all_batches(ds):
+        for row in np.flatnonzero(batch["example_mask"]):
+            k = int(batch["index"][row])
+            order, record = orders[k // n], records[k % n]
+            p = int(batch["prompt_len"][row])
+            length = int(batch["attention_mask"][row].sum())
+            assert tokenizer.decode(batch["tokens"][row, p:length]) == \
+                cot.render_target(record, order) + st.EOS
+            assert batch["labels"][row] == st.LABELS.index(record["label"])
+            seen.append(k)
+    assert sorted(seen) == list(range(2 * n))
+    one = loader.sft_dataset(records, tokenizer, batch_size=4, buckets=BUCKETS,
+                             order="think_first", drop_remainder=False)
+    assert ds.batches_per_epoch > one.batches_per_epoch
+    with pytest.raises(ValueError, match="distinct"):
+        loader.sft_dataset(records, tokenizer, batch_size=4, buckets=BUCKETS,
+                           order=("think_first", "think_first"))

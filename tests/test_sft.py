@@ -12,7 +12,7 @@ from experiments import registry, sft as sft_config
 from she_jax.eval import evaluate, report
 from she_jax.models import transformer
 from she_jax.train import bootstrap, metrics as metrics_lib
-from she_jax.train.sft import sft_loss_fn
+from she_jax.train.sft import sft_loss_fn, training_orders
 
 
 def _tiny_model(vocab=16):
@@ -43,6 +43,17 @@ def test_sft_loss_is_masked_weighted_token_mean():
         label_nll_sum, label_count = aux["label_nll"]
         assert float(label_count) == 2.0
         np.testing.assert_allclose(float(label_nll_sum), (nll * is_label).sum(), rtol=1e-5)
+
+
+def test_training_orders_validates_the_config_keys():
+    config = sft_config.get_config("tiny")
+    assert training_orders(config.sft) == "answer_first"
+    config.sft.extra_orders = ("think_first",)
+    assert training_orders(config.sft) == ("answer_first", "think_first")
+    for bad, match in [(("answer_first",), "must not repeat"), (("backwards",), "backwards")]:
+        config.sft.extra_orders = bad
+        with pytest.raises(ValueError, match=match):
+            training_orders(config.sft)
 
 
 def _tiny_sft_config(order="answer_first"):
@@ -96,6 +107,11 @@ def test_sft_end_to_end_writes_the_run_directory(tmp_path, order):
         assert abs(sum(row["probs"]) - 1.0) < 1e-4
         if order == "answer_first":  # the serving form: argmax of the prefill label softmax
             assert row["pred"] == int(np.argmax(row["probs"]))
+    if order == "answer_first":  # and the decoded CoT follows the label that was scored
+        samples = [json.loads(line) for line in open(os.path.join(workdir, "samples.jsonl"))]
+        assert samples
+        for sample in samples:
+            assert sample["output"].startswith(f"<|{sample['pred']}|>"), sample
 
     # The exported model/ reloads with the run's architecture and holds trained weights.
     model_config, params = bootstrap.load_run_model(workdir)

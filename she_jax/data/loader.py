@@ -3,7 +3,8 @@
 Two kinds of batch, each a `grain.MapDataset` whose element k is the k-th batch:
 
 - `sft_dataset`: prompt + target (the CoT in a chosen order, or the bare label token) + EOS,
-  right-padded, with the loss on the target only. For SFT and teacher-forced scoring.
+  right-padded, with the loss on the target only. For SFT and teacher-forced scoring. Given
+  several orders, every record appears once per order in each epoch (multi-task SFT).
 - `prompt_dataset`: prompts only, left-padded (what prefill and the sampler expect). For RL
   rollouts and evaluation.
 
@@ -20,7 +21,8 @@ Batch keys (B = batch_size, T = the bucket length of that batch):
   labels [B] int32 (class id: index in special_tokens.LABELS; -1 on filler rows),
   prompt_len [B] int32 (prompt tokens, BOS included),
   example_mask [B] bool (False on filler rows of a partial batch),
-  index [B] int32 (position of the record in the input sequence; -1 on filler rows),
+  index [B] int32 (position of the record in the input sequence; -1 on filler rows; with k
+    orders, copy j of record i is row j * N + i of the N records repeated k times),
   sft only: loss_mask [B, T] bool — True where tokens[b, t] is a target token (CoT or label
     and the final EOS), so the next-token loss of logits[:, t-1] is weighted by
     loss_mask[:, t].
@@ -68,11 +70,13 @@ class _Packed:
         return np.diff(self.offsets)
 
 
-def _encode_all(texts: list[str], tokenizer: TokenizerLike, chunk: int = 4096) -> _Packed:
+def _encode_all(texts: list[str], tokenizer: TokenizerLike, chunk: int = 4096,
+                repeat: int = 1) -> _Packed:
+    """The token ids of `texts`, the whole list `repeat` times over."""
     seqs: list[list[int]] = []
     for start in range(0, len(texts), chunk):
         seqs.extend(tokenizer.encode_batch(texts[start:start + chunk]))
-    return _Packed(seqs)
+    return _Packed(seqs * repeat)
 
 
 def _label_id(record: Mapping, i: int) -> int:
@@ -177,16 +181,22 @@ class _Encoded:
     """Everything batches are made of, tokenized once: prompts [+ targets], labels, lengths."""
 
     def __init__(self, records: Sequence[Mapping], tokenizer: TokenizerLike, add_bos: bool,
-                 order: str | None):
+                 order: str | Sequence[str] | None):
         if add_bos and tokenizer.bos_id is None:
             raise ValueError("add_bos=True but the tokenizer has no BOS token")
         self.pad_id, self.eos_id = tokenizer.pad_id, tokenizer.eos_id
         self.bos = [tokenizer.bos_id] if add_bos else []
         records = list(records)  # one pass over a lazy source (e.g. a tfds data source)
+        orders = (order,) if order is None or isinstance(order, str) else tuple(order)
+        if not orders or len(set(orders)) != len(orders):
+            raise ValueError(f"orders must be distinct and at least one, got {orders}")
+        targets = [] if order is None else [cot.render_target(r, o) for o in orders
+                                             for r in records]
         self.prompts = _encode_all(
-            [cot.render_prompt(r["query"], r["item_title"]) for r in records], tokenizer)
-        self.targets = (None if order is None else
-                        _encode_all([cot.render_target(r, order) for r in records], tokenizer))
+            [cot.render_prompt(r["query"], r["item_title"]) for r in records], tokenizer,
+            repeat=len(orders))
+        records = records * len(orders)
+        self.targets = None if order is None else _encode_all(targets, tokenizer)
         self.labels = np.array([_label_id(r, i) for i, r in enumerate(records)], dtype=np.int32)
         self.prompt_lens = self.prompts.lengths + len(self.bos)
         self.ids = [r.get("id") for r in records]
@@ -263,14 +273,16 @@ def _batch_dataset(encoded: _Encoded, lengths: np.ndarray, make_batch, *, batch_
 
 
 def sft_dataset(records: Sequence[Mapping], tokenizer: TokenizerLike, *, batch_size: int,
-                buckets: Sequence[int] = DEFAULT_SFT_BUCKETS, order: str = "think_first",
+                buckets: Sequence[int] = DEFAULT_SFT_BUCKETS,
+                order: str | Sequence[str] = "think_first",
                 seed: int = 0, shuffle: bool = True, num_epochs: int | None = 1,
                 drop_remainder: bool = True, add_bos: bool = False,
                 overlong: str = "error") -> BatchDataset:
     """Teacher-forcing batches: [BOS] prompt target EOS, right-padded to the bucket length.
 
-    target = cot.render_target(record, order). drop_remainder=False keeps each bucket's last
-    partial batch, filled with rows whose example_mask is False (use it for evaluation).
+    target = cot.render_target(record, order). Several orders (a sequence) put every record in
+    each epoch once per order. drop_remainder=False keeps each bucket's last partial batch,
+    filled with rows whose example_mask is False (use it for evaluation).
     """
     _check_args(batch_size, buckets, overlong, num_epochs)
     encoded = _Encoded(records, tokenizer, add_bos, order)

@@ -92,14 +92,22 @@ def predict_split(model_config: transformer.ModelConfig, params: Any, tokenizer:
         batch = dataset[b]
         rows = np.flatnonzero(batch["example_mask"])
         index = batch["index"][rows]
-        out = sampler(params, batch["tokens"], rng, max_new_tokens=max_new,
-                      prompt_mask=batch["attention_mask"])
-        generated = np.asarray(out.tokens[:, 0])  # [B, N]
-        lengths = np.asarray(out.lengths[:, 0])
         if order == "answer_first":
+            # Serving form: the label from the prefill alone, then the CoT decoded after it
+            # (so the text always explains the label that was scored).
             batch_probs = np.asarray(sampling.score_labels(
                 model_config, params, batch["tokens"], batch["attention_mask"], label_ids))
+            label_tok = np.asarray(label_ids, np.int32)[batch_probs.argmax(axis=1)][:, None]
+            out = sampler(params, np.concatenate([batch["tokens"], label_tok], axis=1), rng,
+                          max_new_tokens=max_new - 1, prompt_mask=np.concatenate(
+                              [batch["attention_mask"], np.ones_like(label_tok, bool)], axis=1))
+            generated = np.concatenate([label_tok, np.asarray(out.tokens[:, 0])], axis=1)
+            lengths = np.asarray(out.lengths[:, 0]) + 1
         else:
+            out = sampler(params, batch["tokens"], rng, max_new_tokens=max_new,
+                          prompt_mask=batch["attention_mask"])
+            generated = np.asarray(out.tokens[:, 0])  # [B, N]
+            lengths = np.asarray(out.lengths[:, 0])
             batch_probs = _think_first_probs(model_config, params, batch, generated, label_ids)
         for r, i in zip(rows, index):
             text = tokenizer.decode(generated[r, : lengths[r]], skip_special=True)
@@ -175,9 +183,11 @@ def write_predictions(workdir: str, raw: Mapping[str, Mapping], num_samples: int
         f.writelines(kept)
         for split, pred in raw.items():
             for i, record in enumerate(pred["records"][:num_samples]):
+                y = int(pred["y_pred"][i])
                 f.write(json.dumps({
-                    "split": split, "query": record["query"], "item_title": record["item_title"],
-                    "label": record["label"], "output": pred["texts"][i],
+                    "split": split, "id": record["id"], "query": record["query"],
+                    "item_title": record["item_title"], "label": record["label"],
+                    "pred": st.LABELS[y] if y >= 0 else None, "output": pred["texts"][i],
                     "format_errors": pred["parsed"][i].errors}) + "\n")
 
 

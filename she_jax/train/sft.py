@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from she_jax.data import loader, sources
+from she_jax.data import cot, loader, sources
 from she_jax.eval import evaluate
 from she_jax.models import transformer
 from she_jax.train import bootstrap, loop
@@ -24,6 +24,11 @@ from she_jax.train import bootstrap, loop
 def sft_section() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.order = "answer_first"  # CoT order of the target: 'answer_first' | 'think_first'
+    # Multi-task SFT: also train on every record rendered in these orders (each epoch holds
+    # each record once per order). `order` stays the order the run is evaluated and served
+    # in. ("think_first",) under answer_first supervises every intermediate fact in front of
+    # the label it decides, which the answer-first target alone states only after it.
+    c.extra_orders = ()
     c.train_split = "sft"  # the split trained on
     c.buckets = (96, 128, 160)  # padded sequence lengths (one compiled step per bucket)
     # Loss weight of the label token relative to a CoT token (1.0 = plain token-mean SFT).
@@ -68,6 +73,19 @@ def sft_loss_fn(model_config: transformer.ModelConfig, label_ids: tuple[int, ...
     return loss_fn
 
 
+def training_orders(sft_config: ml_collections.ConfigDict) -> str | tuple[str, ...]:
+    """config.sft.order, or (order, *extra_orders) when extra orders are set (validated)."""
+    extra = tuple(sft_config.get("extra_orders", ()) or ())
+    for name in (sft_config.order, *extra):
+        if name not in cot.ORDERS:
+            raise ValueError(f"config.sft.order / config.sft.extra_orders: {name!r} is not one "
+                             f"of {cot.ORDERS}")
+    if sft_config.order in extra or len(set(extra)) != len(extra):
+        raise ValueError(f"config.sft.extra_orders {extra} must not repeat an order or "
+                         f"config.sft.order ({sft_config.order!r})")
+    return (sft_config.order, *extra) if extra else sft_config.order
+
+
 class _Repeating:
     """Batches of a finite BatchDataset over epochs, with a checkpointable position."""
 
@@ -94,9 +112,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     records = sources.require_split(splits, config.sft.train_split, "config.sft.train_split")
     dataset = loader.sft_dataset(
         records, tokenizer, batch_size=config.batch.batch_size, buckets=config.sft.buckets,
-        order=config.sft.order, seed=config.data_seed, shuffle=True, num_epochs=None)
-    logging.info("sft: %d records, %d batches per epoch, %d steps",
-                 len(records), dataset.batches_per_epoch, config.optimizer.total_steps)
+        order=training_orders(config.sft), seed=config.data_seed, shuffle=True, num_epochs=None)
+    logging.info("sft: %d records in %s, %d batches per epoch, %d steps", len(records),
+                 training_orders(config.sft), dataset.batches_per_epoch,
+                 config.optimizer.total_steps)
 
     params, mesh, rules = bootstrap.shard_model(config, model_config, params)
     state, step_fn = bootstrap.train_state_and_step(
