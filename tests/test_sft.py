@@ -35,9 +35,12 @@ def test_sft_loss_is_masked_weighted_token_mean():
     mask = np.asarray(loss_mask[:, 1:], np.float32)
     is_label = np.isin(np.asarray(tokens[:, 1:]), label_ids) * mask  # one label token per row
 
-    for weight in (1.0, 4.0):
-        loss_sum, aux = sft_loss_fn(config, label_ids, weight)(params, batch, None)
-        w = mask + (weight - 1.0) * is_label
+    # Prompt tokens: attended, not targets, predicted from the token before them.
+    in_prompt = np.asarray(attention[:, 1:] & ~loss_mask[:, 1:], np.float32)
+    assert in_prompt.sum() == 2  # row 0: token 1 (token 0 is never predicted); row 1: token 3
+    for weight, prompt_weight in ((1.0, 0.0), (4.0, 0.0), (1.0, 0.5), (4.0, 2.0)):
+        loss_sum, aux = sft_loss_fn(config, label_ids, weight, prompt_weight)(params, batch, None)
+        w = mask + (weight - 1.0) * is_label + prompt_weight * in_prompt
         np.testing.assert_allclose(float(loss_sum), (nll * w).sum(), rtol=1e-5)
         np.testing.assert_allclose(float(aux["normalizer"]), w.sum(), rtol=1e-6)
         label_nll_sum, label_count = aux["label_nll"]

@@ -34,17 +34,21 @@ def sft_section() -> ml_collections.ConfigDict:
     # Loss weight of the label token relative to a CoT token (1.0 = plain token-mean SFT).
     # The label is one token among ~50 of CoT; answer-first puts the whole decision on it.
     c.label_weight = 1.0
+    # Loss weight of the prompt's own tokens (query and title, predicted left to right)
+    # relative to a target token; > 0 adds a language-model loss on the prompt.
+    c.prompt_weight = 0.0
     return c
 
 
 def sft_loss_fn(model_config: transformer.ModelConfig, label_ids: tuple[int, ...],
-                label_weight: float = 1.0):
+                label_weight: float = 1.0, prompt_weight: float = 0.0):
     """loss_fn(params, batch, rng) -> (loss_sum, aux) for `loop.make_train_step`.
 
     batch: tokens [B, T] int32, loss_mask [B, T] bool (True where tokens[t] is a target
     token, predicted from position t - 1), attention_mask [B, T] bool.
     Weighted token-mean over the whole batch: each target token has weight 1, a label
-    token `label_weight`; loss_sum = sum of weight * NLL, normalizer = sum of weights.
+    token `label_weight`, a prompt token after the first `prompt_weight` (0: prompts carry no
+    loss); loss_sum = sum of weight * NLL, normalizer = sum of weights.
     aux adds token accuracy, and accuracy and NLL on label tokens.
     """
     label_ids_arr = jnp.asarray(label_ids, jnp.int32)
@@ -62,6 +66,9 @@ def sft_loss_fn(model_config: transformer.ModelConfig, label_ids: tuple[int, ...
         correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
         is_label = jnp.any(targets[..., None] == label_ids_arr, axis=-1).astype(jnp.float32) * mask
         weight = mask + (label_weight - 1.0) * is_label
+        if prompt_weight:
+            in_prompt = batch["attention_mask"][:, 1:] & ~batch["loss_mask"][:, 1:]
+            weight = weight + prompt_weight * in_prompt.astype(jnp.float32)
         aux = {
             "normalizer": weight.sum(),
             "token_accuracy": ((correct * mask).sum(), mask.sum()),
@@ -119,7 +126,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     params, mesh, rules = bootstrap.shard_model(config, model_config, params)
     state, step_fn = bootstrap.train_state_and_step(
-        config, params, sft_loss_fn(model_config, tokenizer.label_ids, config.sft.label_weight),
+        config, params, sft_loss_fn(model_config, tokenizer.label_ids, config.sft.label_weight,
+                    config.sft.get("prompt_weight", 0.0)),
         mesh, rules)
     state = loop.train_loop(
         train_step=step_fn, state=state, data=_Repeating(dataset), workdir=workdir,
