@@ -82,7 +82,7 @@ def sft_loss_fn(model_config: transformer.ModelConfig, label_ids: tuple[int, ...
 
 def training_orders(sft_config: ml_collections.ConfigDict) -> str | tuple[str, ...]:
     """config.sft.order, or (order, *extra_orders) when extra orders are set (validated)."""
-    extra = tuple(sft_config.get("extra_orders", ()) or ())
+    extra = tuple(sft_config.extra_orders)
     for name in (sft_config.order, *extra):
         if name not in cot.ORDERS:
             raise ValueError(f"config.sft.order / config.sft.extra_orders: {name!r} is not one "
@@ -117,18 +117,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     splits, tokenizer, model_config, params = bootstrap.start_run(config, workdir)
 
     records = sources.require_split(splits, config.sft.train_split, "config.sft.train_split")
+    orders = training_orders(config.sft)
     dataset = loader.sft_dataset(
         records, tokenizer, batch_size=config.batch.batch_size, buckets=config.sft.buckets,
-        order=training_orders(config.sft), seed=config.data_seed, shuffle=True, num_epochs=None)
+        order=orders, seed=config.data_seed, shuffle=True, num_epochs=None)
     logging.info("sft: %d records in %s, %d batches per epoch, %d steps", len(records),
-                 training_orders(config.sft), dataset.batches_per_epoch,
-                 config.optimizer.total_steps)
+                 orders, dataset.batches_per_epoch, config.optimizer.total_steps)
 
     params, mesh, rules = bootstrap.shard_model(config, model_config, params)
-    state, step_fn = bootstrap.train_state_and_step(
-        config, params, sft_loss_fn(model_config, tokenizer.label_ids, config.sft.label_weight,
-                    config.sft.get("prompt_weight", 0.0)),
-        mesh, rules)
+    loss_fn = sft_loss_fn(model_config, tokenizer.label_ids, config.sft.label_weight,
+                          config.sft.prompt_weight)
+    state, step_fn = bootstrap.train_state_and_step(config, params, loss_fn, mesh, rules)
     state = loop.train_loop(
         train_step=step_fn, state=state, data=_Repeating(dataset), workdir=workdir,
         total_steps=config.optimizer.total_steps, log_every=config.log_every,
