@@ -47,8 +47,8 @@ def sft_loss_fn(model_config: transformer.ModelConfig, label_ids: tuple[int, ...
     batch: tokens [B, T] int32, loss_mask [B, T] bool (True where tokens[t] is a target
     token, predicted from position t - 1), attention_mask [B, T] bool.
     Weighted token-mean over the whole batch: each target token has weight 1, a label
-    token `label_weight`, a prompt token after the first `prompt_weight` (0: prompts carry no
-    loss); loss_sum = sum of weight * NLL, normalizer = sum of weights.
+    token `label_weight`, every prompt token but the first (which nothing predicts)
+    `prompt_weight` (0: prompts carry no loss); loss_sum = sum of weight * NLL, normalizer = sum of weights.
     aux adds token accuracy, and accuracy and NLL on label tokens.
     """
     label_ids_arr = jnp.asarray(label_ids, jnp.int32)
