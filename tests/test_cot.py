@@ -68,6 +68,27 @@ def test_render_target_and_prompt():
     assert cot.render_target(dict(with_cot, cot=None, annotations=ANNOTATIONS)) == gold
 
 
+def test_checks_order_states_the_matches_straight_after_the_title():
+    record = {"id": "a", "query": "nike running shoes", "item_title": "adidas red shoes",
+              "label": "L2", "annotations": ANNOTATIONS, "cot": None}
+    assert cot.render_training_prompt(record, "answer_first") == \
+        cot.render_prompt("nike running shoes", "adidas red shoes")
+    assert cot.render_training_prompt(record, cot.CHECKS) == \
+        "<|query|> nike running shoes <|item|> adidas red shoes <|step3|>"
+    want = "category match: exact <|step4|> brand match: no"
+    assert cot.render_target(record, cot.CHECKS) == want
+    # From a stored think-first CoT too, and with an empty step 4 (the marker stays).
+    stored = dict(record, annotations=None, cot=cot.render_cot(ANNOTATIONS, "L2"))
+    assert cot.render_target(stored, cot.CHECKS) == want
+    no_attrs = dict(record, annotations=dict(ANNOTATIONS, attribute_match=[]))
+    assert cot.render_target(no_attrs, cot.CHECKS) == "category match: exact <|step4|>"
+    with pytest.raises(ValueError, match="'a'.*needs step annotations"):
+        cot.render_target(dict(record, annotations=None), cot.CHECKS)
+    # Training only: the renderer and parser of served CoTs refuse it.
+    with pytest.raises(ValueError, match="order"):
+        cot.render_cot(ANNOTATIONS, "L2", cot.CHECKS)
+
+
 @pytest.mark.parametrize("bad", [
     {"query": ["a; b"]},                     # separator inside a fact
     {"query": ["brand: <|L4|>"]},            # control token inside a fact

@@ -209,3 +209,26 @@ def test_several_orders_put_every_record_once_per_order_in_an_epoch(records, tok
     with pytest.raises(ValueError, match="distinct"):
         loader.sft_dataset(records, tokenizer, batch_size=4, buckets=BUCKETS,
                            order=("think_first", "think_first"))
+
+
+def test_checks_order_swaps_the_prompt_cue_and_keeps_the_served_prompts(records, tokenizer):
+    annotated = [r for r in records if r["annotations"]]
+    orders = ("answer_first", cot.CHECKS)
+    ds = loader.sft_dataset(annotated, tokenizer, batch_size=4, buckets=BUCKETS, order=orders,
+                            drop_remainder=False, seed=1)
+    n, seen = len(annotated), []
+    for batch in all_batches(ds):
+        for row in np.flatnonzero(batch["example_mask"]):
+            k = int(batch["index"][row])
+            order, record = orders[k // n], annotated[k % n]
+            p = int(batch["prompt_len"][row])
+            length = int(batch["attention_mask"][row].sum())
+            assert tokenizer.decode(batch["tokens"][row, :p]) == \
+                cot.render_training_prompt(record, order)
+            assert batch["tokens"][row, p - 1] == (
+                tokenizer.step_marker_ids[2] if order == cot.CHECKS else tokenizer.answer_id)
+            assert tokenizer.decode(batch["tokens"][row, p:length]) == \
+                cot.render_target(record, order) + st.EOS
+            assert batch["loss_mask"][row].sum() == length - p
+            seen.append(k)
+    assert sorted(seen) == list(range(2 * n))

@@ -53,10 +53,16 @@ def test_training_orders_validates_the_config_keys():
     assert training_orders(config.sft) == "answer_first"
     config.sft.extra_orders = ("think_first",)
     assert training_orders(config.sft) == ("answer_first", "think_first")
+    config.sft.extra_orders = ("checks",)
+    assert training_orders(config.sft) == ("answer_first", "checks")
     for bad, match in [(("answer_first",), "must not repeat"), (("backwards",), "backwards")]:
         config.sft.extra_orders = bad
         with pytest.raises(ValueError, match=match):
             training_orders(config.sft)
+    config.sft.extra_orders = ()
+    config.sft.order = "checks"  # training only: never the order a run is evaluated in
+    with pytest.raises(ValueError, match="config.sft.order"):
+        training_orders(config.sft)
 
 
 def _tiny_sft_config(order="answer_first"):

@@ -23,6 +23,15 @@ import numpy as np
 from she_jax import special_tokens as st
 
 ORDERS = ("think_first", "answer_first")
+# A training-only auxiliary order (config.sft.extra_orders), never served or sampled: the
+# prompt ends in <|step3|> where the served prompt has <|answer|>, and the target is the
+# step-3 and step-4 facts alone — "category match: exact <|step4|> color match: no". Both
+# served orders state those decisions only after the extraction steps that spell out both
+# sides; this order makes the model state each match straight from query and title, the
+# computation an answer-first label has to do in its one token.
+CHECKS = "checks"
+TRAINING_ORDERS = ORDERS + (CHECKS,)
+_CHECK_STEPS = ("category_match", "attribute_match")
 FACT_SEPARATOR = "; "
 LABEL_STEP_ID = 5  # segment id of the label token; steps are 0..4, -1 is "no segment".
 
@@ -34,9 +43,9 @@ _TRAILING_IGNORED = (st.EOS, st.PAD)
 _LABEL_FACT_RE = re.compile(r"^label\s*:\s*(L[1-4])$", re.IGNORECASE)
 
 
-def _check_order(order: str) -> None:
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+def _check_order(order: str, allowed: tuple[str, ...] = ORDERS) -> None:
+    if order not in allowed:
+        raise ValueError(f"order must be one of {allowed}, got {order!r}")
 
 
 def _check_fact(fact: str, step_name: str) -> None:
@@ -83,20 +92,45 @@ def render_prompt(query: str, item_title: str) -> str:
     return f"{st.QUERY} {query} {st.ITEM} {item_title} {st.ANSWER}"
 
 
-def render_target(record: Mapping, order: str = "think_first") -> str:
-    """The training target text of a record (no EOS): its CoT in `order`, or just the label
-    token when the record has neither annotations nor a CoT (plain-label SFT)."""
-    _check_order(order)
-    label = record["label"]
+def render_training_prompt(record: Mapping, order: str | None = None) -> str:
+    """The prompt of `record` for training in `order`: `render_prompt` for the served orders
+    (and None), the prompt with <|step3|> in place of <|answer|> for CHECKS."""
+    prompt = render_prompt(record["query"], record["item_title"])
+    if order == CHECKS:
+        return prompt.removesuffix(st.ANSWER) + st.STEP_MARKERS[2]
+    return prompt
+
+
+def _record_steps(record: Mapping) -> Mapping[str, Sequence[str]] | None:
     if record.get("annotations"):
-        return render_cot(record["annotations"], label, order)
+        return record["annotations"]
     if record.get("cot"):
         # Only the gold think-first text is stored; re-render it in the requested order.
         parsed = parse_cot(record["cot"], "think_first")
         if not parsed.format_valid:
             raise ValueError(f"record {record.get('id')!r}: stored cot is not valid: "
                              f"{parsed.errors}")
-        return render_cot(parsed.steps, label, order)
+        return parsed.steps
+    return None
+
+
+def render_target(record: Mapping, order: str = "think_first") -> str:
+    """The training target text of a record (no EOS): its CoT in `order`, or just the label
+    token when the record has neither annotations nor a CoT (plain-label SFT). For CHECKS
+    (prompt from `render_training_prompt`): the step-3 facts, <|step4|>, the step-4 facts."""
+    _check_order(order, TRAINING_ORDERS)
+    label, steps = record["label"], _record_steps(record)
+    if order == CHECKS:
+        if steps is None:
+            raise ValueError(f"record {record.get('id')!r}: order {CHECKS!r} needs step "
+                             "annotations or a stored cot, and the record has neither")
+        text = render_steps({name: steps.get(name) or () for name in _CHECK_STEPS})
+        # render_steps wrote "<|step1|> <|step2|> <|step3|> f <|step4|> f <|step5|>": keep the
+        # text between the <|step3|> the prompt ends with and <|step5|>.
+        body = text.split(st.STEP_MARKERS[2], 1)[1].split(st.STEP_MARKERS[4], 1)[0]
+        return body.strip()
+    if steps is not None:
+        return render_cot(steps, label, order)
     return label_token(label)
 
 

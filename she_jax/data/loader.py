@@ -4,7 +4,8 @@ Two kinds of batch, each a `grain.MapDataset` whose element k is the k-th batch:
 
 - `sft_dataset`: prompt + target (the CoT in a chosen order, or the bare label token) + EOS,
   right-padded, with the loss on the target only. For SFT and teacher-forced scoring. Given
-  several orders, every record appears once per order in each epoch (multi-task SFT).
+  several orders, every record appears once per order in each epoch (multi-task SFT); the
+  training-only order `cot.CHECKS` also changes the prompt's last token.
 - `prompt_dataset`: prompts only, left-padded (what prefill and the sampler expect). For RL
   rollouts and evaluation.
 
@@ -192,9 +193,13 @@ class _Encoded:
             raise ValueError(f"orders must be distinct and at least one, got {orders}")
         targets = [] if order is None else [cot.render_target(r, o) for o in orders
                                              for r in records]
-        self.prompts = _encode_all(
-            [cot.render_prompt(r["query"], r["item_title"]) for r in records], tokenizer,
-            repeat=len(orders))
+        if cot.CHECKS in orders:  # its prompts differ from the served orders'
+            self.prompts = _encode_all([cot.render_training_prompt(r, o) for o in orders
+                                        for r in records], tokenizer)
+        else:
+            self.prompts = _encode_all(
+                [cot.render_prompt(r["query"], r["item_title"]) for r in records], tokenizer,
+                repeat=len(orders))
         records = records * len(orders)
         self.targets = None if order is None else _encode_all(targets, tokenizer)
         self.labels = np.array([_label_id(r, i) for i, r in enumerate(records)], dtype=np.int32)

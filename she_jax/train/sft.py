@@ -28,6 +28,8 @@ def sft_section() -> ml_collections.ConfigDict:
     # each record once per order). `order` stays the order the run is evaluated and served
     # in. ("think_first",) under answer_first supervises every intermediate fact in front of
     # the label it decides, which the answer-first target alone states only after it.
+    # "checks" (training only) has the model state the category and attribute matches
+    # straight after query and title, with no extraction step written out first.
     c.extra_orders = ()
     c.train_split = "sft"  # the split trained on
     c.buckets = (96, 128, 160)  # padded sequence lengths (one compiled step per bucket)
@@ -83,10 +85,12 @@ def sft_loss_fn(model_config: transformer.ModelConfig, label_ids: tuple[int, ...
 def training_orders(sft_config: ml_collections.ConfigDict) -> str | tuple[str, ...]:
     """config.sft.order, or (order, *extra_orders) when extra orders are set (validated)."""
     extra = tuple(sft_config.extra_orders)
-    for name in (sft_config.order, *extra):
-        if name not in cot.ORDERS:
-            raise ValueError(f"config.sft.order / config.sft.extra_orders: {name!r} is not one "
-                             f"of {cot.ORDERS}")
+    if sft_config.order not in cot.ORDERS:
+        raise ValueError(f"config.sft.order: {sft_config.order!r} is not one of {cot.ORDERS}")
+    for name in extra:
+        if name not in cot.TRAINING_ORDERS:
+            raise ValueError(f"config.sft.extra_orders: {name!r} is not one of "
+                             f"{cot.TRAINING_ORDERS}")
     if sft_config.order in extra or len(set(extra)) != len(extra):
         raise ValueError(f"config.sft.extra_orders {extra} must not repeat an order or "
                          f"config.sft.order ({sft_config.order!r})")
