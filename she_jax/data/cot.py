@@ -63,13 +63,16 @@ def render_steps(annotations: Mapping[str, Sequence[str]] | None) -> str:
     unknown = set(annotations) - set(st.STEP_NAMES)
     if unknown:
         raise ValueError(f"unknown step names {sorted(unknown)}; expected {st.STEP_NAMES}")
-    blocks = []
-    for name, marker in zip(st.STEP_NAMES, st.STEP_MARKERS):
-        facts = list(annotations.get(name) or ())
-        for fact in facts:
-            _check_fact(fact, name)
-        blocks.append(f"{marker} {FACT_SEPARATOR.join(f.strip() for f in facts)}".rstrip())
-    return " ".join(blocks)
+    return " ".join(_render_block(name, annotations.get(name)) for name in st.STEP_NAMES)
+
+
+def _render_block(name: str, facts: Sequence[str] | None) -> str:
+    """One step block "<|stepN|> f; f" (the bare marker when there are no facts)."""
+    facts = list(facts or ())
+    for fact in facts:
+        _check_fact(fact, name)
+    marker = st.STEP_MARKERS[st.STEP_NAMES.index(name)]
+    return f"{marker} {FACT_SEPARATOR.join(f.strip() for f in facts)}".rstrip()
 
 
 def label_token(label: str) -> str:
@@ -124,11 +127,8 @@ def render_target(record: Mapping, order: str = "think_first") -> str:
         if steps is None:
             raise ValueError(f"record {record.get('id')!r}: order {CHECKS!r} needs step "
                              "annotations or a stored cot, and the record has neither")
-        text = render_steps({name: steps.get(name) or () for name in _CHECK_STEPS})
-        # render_steps wrote "<|step1|> <|step2|> <|step3|> f <|step4|> f <|step5|>": keep the
-        # text between the <|step3|> the prompt ends with and <|step5|>.
-        body = text.split(st.STEP_MARKERS[2], 1)[1].split(st.STEP_MARKERS[4], 1)[0]
-        return body.strip()
+        blocks = " ".join(_render_block(name, steps.get(name)) for name in _CHECK_STEPS)
+        return blocks.removeprefix(st.STEP_MARKERS[2]).strip()  # the prompt ends in it
     if steps is not None:
         return render_cot(steps, label, order)
     return label_token(label)

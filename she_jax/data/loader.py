@@ -71,13 +71,12 @@ class _Packed:
         return np.diff(self.offsets)
 
 
-def _encode_all(texts: list[str], tokenizer: TokenizerLike, chunk: int = 4096,
-                repeat: int = 1) -> _Packed:
-    """The token ids of `texts`, the whole list `repeat` times over."""
+def _encode_all(texts: list[str], tokenizer: TokenizerLike, chunk: int = 4096) -> _Packed:
+    """The token ids of `texts`."""
     seqs: list[list[int]] = []
     for start in range(0, len(texts), chunk):
         seqs.extend(tokenizer.encode_batch(texts[start:start + chunk]))
-    return _Packed(seqs * repeat)
+    return _Packed(seqs)
 
 
 def _label_id(record: Mapping, i: int) -> int:
@@ -193,13 +192,9 @@ class _Encoded:
             raise ValueError(f"orders must be distinct and at least one, got {orders}")
         targets = [] if order is None else [cot.render_target(r, o) for o in orders
                                              for r in records]
-        if cot.CHECKS in orders:  # its prompts differ from the served orders'
-            self.prompts = _encode_all([cot.render_training_prompt(r, o) for o in orders
-                                        for r in records], tokenizer)
-        else:
-            self.prompts = _encode_all(
-                [cot.render_prompt(r["query"], r["item_title"]) for r in records], tokenizer,
-                repeat=len(orders))
+        # One prompt per (order, record): CHECKS ends its prompts differently.
+        self.prompts = _encode_all([cot.render_training_prompt(r, o) for o in orders
+                                    for r in records], tokenizer)
         records = records * len(orders)
         self.targets = None if order is None else _encode_all(targets, tokenizer)
         self.labels = np.array([_label_id(r, i) for i, r in enumerate(records)], dtype=np.int32)
