@@ -3,8 +3,10 @@ methods (trainer `sft`).
 
   python -m experiments.run --config=experiments/sft_think.py
 
-Same data, model and optimizer as experiments/sft.py; config.sft.order differs, and at
-tiny scale the schedule is shorter (800 updates, see get_config). The RL
+Same data as experiments/sft.py; config.sft.order differs, and at tiny scale so do the model
+(the `tiny` preset, not sft.py's wider one), the optimizer and the schedule (800 updates, see
+get_config): the RL stages run on this model, and their settings and timings were measured
+on it. The RL
 configs (dpo, grpo, agrl, srpo_stage*) start from it (config.init_from = 'sft_think'): with
 the reasoning before the label, step-level rewards act on the steps the label is drawn
 from. Pass --config.init_from=sft to an RL config to train the answer-first policy instead.
@@ -18,6 +20,9 @@ def get_config(arg=None):
     c.name = "sft_think"
     c.sft.order = "think_first"
     if c.variant == "tiny":
+        c.model.preset = "tiny"
+        c.sft.overlap_weight = 0.0
+        c.optimizer.lr = 3e-3
         # The RL starting point, and the longest link of the SRPO chain: 800 updates keep
         # `experiments/srpo_stage3.py`'s whole chain within 20 minutes on 2 CPU cores.
         # (500 updates were too few: dev step accuracy on the query step 0.18, and the RL

@@ -8,6 +8,7 @@ import ml_collections
 import pytest
 
 from experiments import common, registry, sft
+from she_jax.models import transformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,7 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_every_variant_builds(variant):
     config = sft.get_config(variant)
     assert config.variant == variant and config.trainer in registry.TRAINERS
-    assert config.model.preset in ("tiny", "small")
+    assert config.model.preset in ("tiny", "tiny_wide", "small")
+    transformer.ModelConfig.preset(config.model.preset)  # a preset that exists
 
 
 def test_unknown_variant_is_an_error():

@@ -12,7 +12,7 @@ from experiments import registry, sft as sft_config
 from she_jax.eval import evaluate, report
 from she_jax.models import transformer
 from she_jax.train import bootstrap, metrics as metrics_lib
-from she_jax.train.sft import sft_loss_fn, training_orders
+from she_jax.train.sft import OverlapTask, sft_loss_fn, title_query_overlap, training_orders
 
 
 def _tiny_model(vocab=16):
@@ -48,6 +48,71 @@ def test_sft_loss_is_masked_weighted_token_mean():
         np.testing.assert_allclose(float(label_nll_sum), (nll * is_label).sum(), rtol=1e-5)
 
 
+# Token ids for the overlap tests: 1 <|query|>, 2 <|item|>, 3 <|answer|>, 4 <|step3|>,
+# 5 " yes", 6 " no"; words 7-15.
+_OVERLAP = OverlapTask(query_id=1, item_id=2, prompt_end_ids=(3, 4), yes_id=5, no_id=6)
+
+
+def test_title_query_overlap_marks_title_tokens_found_in_the_query():
+    tokens = jnp.array([
+        # <q> 7 8 9 <item> 9 10 7 7 <answer> | target 7 (a query word after the prompt end)
+        [1, 7, 8, 9, 2, 9, 10, 7, 7, 3, 7, 0],
+        # a prompt ending in <|step3|> (the checks order), right padding
+        [1, 11, 2, 12, 11, 4, 11, 0, 0, 0, 0, 0],
+    ], jnp.int32)
+    attention = jnp.array([[1] * 11 + [0], [1] * 7 + [0] * 5], bool)
+    in_title, overlaps = title_query_overlap(tokens, attention, _OVERLAP)
+    expect_title = np.zeros((2, 12), bool)
+    expect_title[0, 5:9] = True
+    expect_title[1, 3:5] = True
+    np.testing.assert_array_equal(np.asarray(in_title), expect_title)
+    expect_overlap = np.zeros((2, 12), bool)
+    expect_overlap[0, [5, 7, 8]] = True  # 9 and both 7s occur in the query; 10 does not
+    expect_overlap[1, 4] = True  # 11 is the query's word, 12 is not
+    np.testing.assert_array_equal(np.asarray(overlaps), expect_overlap)
+
+
+def test_sft_loss_adds_the_overlap_task_on_title_positions():
+    config = _tiny_model()
+    params = transformer.init_params(config, jax.random.PRNGKey(1))
+    tokens = jnp.array([[1, 7, 8, 2, 8, 9, 3, 12, 13, 0],
+                        [1, 10, 2, 11, 10, 10, 3, 14, 15, 0]], jnp.int32)
+    attention = jnp.array([[1] * 9 + [0]] * 2, bool)
+    loss_mask = jnp.array([[0] * 7 + [1, 1, 0]] * 2, bool)
+    batch = {"tokens": tokens, "attention_mask": attention, "loss_mask": loss_mask}
+    label_ids = (12, 13, 14, 15)
+    plain_sum, plain_aux = sft_loss_fn(config, label_ids)(params, batch, None)
+
+    logits = np.asarray(transformer.forward(config, params, tokens[:, :-1], attention[:, :-1]))
+    margin = logits[..., 5] - logits[..., 6]
+    # Title tokens sit at inputs 4-5 of both rows; overlapping: row 0 the 8, row 1 both 10s.
+    title = [(0, 4, True), (0, 5, False), (1, 3, False), (1, 4, True), (1, 5, True)]
+    bce = [np.logaddexp(0.0, -(1 if hit else -1) * margin[b, t]) for b, t, hit in title]
+    right = [(1 if hit else -1) * margin[b, t] > 0 for b, t, hit in title]
+    for weight in (0.5, 2.0):
+        loss_sum, aux = sft_loss_fn(config, label_ids, overlap_weight=weight,
+                                    overlap_task=_OVERLAP)(params, batch, None)
+        np.testing.assert_allclose(float(loss_sum), float(plain_sum) + weight * sum(bce),
+                                   rtol=1e-5)
+        np.testing.assert_allclose(float(aux["normalizer"]),
+                                   float(plain_aux["normalizer"]) + weight * len(title))
+        correct, count = aux["overlap_accuracy"]
+        assert float(count) == len(title) and float(correct) == sum(right)
+    with pytest.raises(ValueError, match="overlap_task"):
+        sft_loss_fn(config, label_ids, overlap_weight=1.0)
+
+
+def test_overlap_task_needs_single_token_verdicts():
+    class Splitting:
+        query_id, item_id, answer_id, step_marker_ids = 1, 2, 3, (4, 5, 6, 7, 8)
+
+        def encode(self, text):
+            return [9, 10] if text == " no" else [11]
+
+    with pytest.raises(ValueError, match="'no'"):
+        OverlapTask.from_tokenizer(Splitting())
+
+
 def test_training_orders_validates_the_config_keys():
     config = sft_config.get_config("tiny")
     assert training_orders(config.sft) == "answer_first"
@@ -70,6 +135,7 @@ def _tiny_sft_config(order="answer_first"):
     config.data.world_overrides = {"sft_size": 320, "rl_size": 64, "dev_size": 32,
                                    "test_size": 24}
     config.model.vocab_size = 1024
+    config.model.preset = "tiny"
     config.model.overrides = {"num_layers": 2, "hidden_size": 64, "mlp_dim": 128}
     config.sft.buckets = (160,)  # one compiled train step
     config.optimizer.total_steps = 6
@@ -103,6 +169,9 @@ def test_sft_end_to_end_writes_the_run_directory(tmp_path, order):
     assert [r["step"] for r in rows] == [2, 4, 6]
     assert all(np.isfinite(r["loss"]) for r in rows)
     assert rows[-1]["loss"] < rows[0]["loss"]  # it learns something in 6 steps
+    # experiments/sft.py trains the lexical-overlap task alongside (config.sft.overlap_weight)
+    assert config.sft.overlap_weight > 0
+    assert all(0.0 <= r["overlap_accuracy"] <= 1.0 for r in rows)
 
     on_disk = report.read_eval_json(os.path.join(workdir, "eval.json"))
     assert set(on_disk["splits"]) == {"test_head", "test_negation"}

@@ -28,7 +28,8 @@ TOKENIZER_DIR = "tokenizer"
 def model_config_section(preset: str = "tiny") -> ml_collections.ConfigDict:
     """The `model` section (each key documented)."""
     c = ml_collections.ConfigDict()
-    c.preset = preset  # ModelConfig preset for a from-scratch model: 'tiny' | 'small'
+    # ModelConfig preset for a from-scratch model: 'tiny' | 'tiny_wide' | 'small'.
+    c.preset = preset
     c.hf_path = ""  # a local Hugging Face model directory to start from (overrides preset)
     c.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
     c.vocab_size = 4096  # from-scratch models: SentencePiece vocab trained to this size

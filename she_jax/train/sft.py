@@ -7,6 +7,7 @@ TaoSR1 post-CoT form, whose label is read from the prefill alone at serving time
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -39,11 +40,69 @@ def sft_section() -> ml_collections.ConfigDict:
     # Loss weight of the prompt's own tokens (query and title, predicted left to right)
     # relative to a target token; > 0 adds a language-model loss on the prompt.
     c.prompt_weight = 0.0
+    # Loss weight of the lexical-overlap task (0 = off): at every title token the model also
+    # tells whether that token occurs in the query, read as the " yes" / " no" logits of that
+    # position (which nothing else uses while prompt_weight is 0). Self-supervised from the
+    # prompt text alone: it gives the title positions the "same token as the query" feature
+    # the label needs (is the query's brand, colour, size in the title?), which the one
+    # label token per sequence teaches far more slowly. Training only; serving reads the
+    # answer position alone.
+    c.overlap_weight = 0.0
     return c
 
 
+@dataclasses.dataclass(frozen=True)
+class OverlapTask:
+    """Token ids of the lexical-overlap task (`sft_section().overlap_weight`).
+
+    query_id / item_id open the query and the title; `prompt_end_ids` are the tokens a
+    prompt may end in (ANSWER, or a step marker); yes_id / no_id the two verdict tokens.
+    """
+
+    query_id: int
+    item_id: int
+    prompt_end_ids: tuple[int, ...]
+    yes_id: int
+    no_id: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> OverlapTask:
+        verdicts = {}
+        for word in ("yes", "no"):
+            ids = tokenizer.encode(f" {word}")
+            if len(ids) != 1:
+                raise ValueError(f"config.sft.overlap_weight: the tokenizer splits {word!r} "
+                                 f"into {len(ids)} tokens {ids}; the overlap task needs "
+                                 "one token per verdict")
+            verdicts[word] = ids[0]
+        return cls(tokenizer.query_id, tokenizer.item_id,
+                   (tokenizer.answer_id, *tokenizer.step_marker_ids),
+                   verdicts["yes"], verdicts["no"])
+
+
+def title_query_overlap(tokens: jax.Array, attention_mask: jax.Array,
+                        task: OverlapTask) -> tuple[jax.Array, jax.Array]:
+    """(in_title, overlaps), both [B, T] bool, for prompts `<|query|> q <|item|> t <end>`.
+
+    in_title[b, t]: tokens[b, t] is a title token (after the item marker, before the first
+    prompt-end token); overlaps[b, t]: that token id also occurs among the query's tokens.
+    """
+    def seen(token_id):
+        return jnp.cumsum(tokens == token_id, axis=1) > 0
+
+    ended = seen(task.prompt_end_ids[0])
+    for token_id in task.prompt_end_ids[1:]:
+        ended = ended | seen(token_id)
+    in_query = seen(task.query_id) & ~seen(task.item_id) & (tokens != task.query_id)
+    in_title = seen(task.item_id) & ~ended & (tokens != task.item_id) & attention_mask
+    same = tokens[:, :, None] == tokens[:, None, :]  # [B, T (title), T (query)]
+    overlaps = jnp.any(same & in_query[:, None, :], axis=-1) & in_title
+    return in_title, overlaps
+
+
 def sft_loss_fn(model_config: transformer.ModelConfig, label_ids: tuple[int, ...],
-                label_weight: float = 1.0, prompt_weight: float = 0.0):
+                label_weight: float = 1.0, prompt_weight: float = 0.0,
+                overlap_weight: float = 0.0, overlap_task: OverlapTask | None = None):
     """loss_fn(params, batch, rng) -> (loss_sum, aux) for `loop.make_train_step`.
 
     batch: tokens [B, T] int32, loss_mask [B, T] bool (True where tokens[t] is a target
@@ -51,9 +110,14 @@ def sft_loss_fn(model_config: transformer.ModelConfig, label_ids: tuple[int, ...
     Weighted token-mean over the whole batch: each target token has weight 1, a label
     token `label_weight`, every prompt token but the first (which nothing predicts)
     `prompt_weight` (0: prompts carry no loss); loss_sum = sum of weight * NLL, normalizer = sum of weights.
-    aux adds token accuracy, and accuracy and NLL on label tokens.
+    overlap_weight > 0 (needs `overlap_task`) adds, at every title token, weight
+    `overlap_weight` times the binary cross-entropy of "this token occurs in the query"
+    against the logit difference (yes - no) at that position (`title_query_overlap`).
+    aux adds token accuracy, accuracy and NLL on label tokens, and overlap accuracy.
     """
     label_ids_arr = jnp.asarray(label_ids, jnp.int32)
+    if overlap_weight and overlap_task is None:
+        raise ValueError("sft_loss_fn: overlap_weight > 0 needs overlap_task")
 
     def loss_fn(params: Any, batch: dict[str, jax.Array], rng: jax.Array):
         del rng
@@ -77,7 +141,18 @@ def sft_loss_fn(model_config: transformer.ModelConfig, label_ids: tuple[int, ...
             "label_accuracy": ((correct * is_label).sum(), is_label.sum()),
             "label_nll": ((nll * is_label).sum(), is_label.sum()),
         }
-        return (nll * weight).sum(), aux
+        loss_sum = (nll * weight).sum()
+        if overlap_weight:
+            in_title, overlaps = title_query_overlap(
+                tokens[:, :-1], batch["attention_mask"][:, :-1], overlap_task)
+            margin = logits[..., overlap_task.yes_id] - logits[..., overlap_task.no_id]
+            sign = jnp.where(overlaps, 1.0, -1.0)
+            in_title = in_title.astype(jnp.float32)
+            overlap_nll = jax.nn.softplus(-sign * margin) * in_title
+            loss_sum = loss_sum + overlap_weight * overlap_nll.sum()
+            aux["normalizer"] = aux["normalizer"] + overlap_weight * in_title.sum()
+            aux["overlap_accuracy"] = (((sign * margin > 0) * in_title).sum(), in_title.sum())
+        return loss_sum, aux
 
     return loss_fn
 
@@ -129,8 +204,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  orders, dataset.batches_per_epoch, config.optimizer.total_steps)
 
     params, mesh, rules = bootstrap.shard_model(config, model_config, params)
+    overlap_task = (OverlapTask.from_tokenizer(tokenizer) if config.sft.overlap_weight
+                    else None)
     loss_fn = sft_loss_fn(model_config, tokenizer.label_ids, config.sft.label_weight,
-                          config.sft.prompt_weight)
+                          config.sft.prompt_weight, config.sft.overlap_weight, overlap_task)
     state, step_fn = bootstrap.train_state_and_step(config, params, loss_fn, mesh, rules)
     state = loop.train_loop(
         train_step=step_fn, state=state, data=_Repeating(dataset), workdir=workdir,
