@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import agrl as agrl_config, dpo as dpo_config, grpo as grpo_config
-from experiments import registry, sft as sft_config, srpo_stage1
+from experiments import registry, sft_think as sft_config, srpo_stage1
 from she_jax import special_tokens as st
 from she_jax.eval import report
 from she_jax.models import transformer
@@ -158,7 +158,7 @@ def sft_run(tmp_path_factory):
     config.model.vocab_size = 1024
     config.model.overrides = {"num_layers": 1, "hidden_size": 64, "mlp_dim": 128}
     config.sft.buckets = (160,)
-    config.sft.order = "think_first"
+    assert config.sft.order == "think_first"  # the RL configs' starting policy
     config.optimizer.update(total_steps=4, warmup_steps=1)
     config.batch.batch_size = 8
     config.eval.splits = ("test_head",)
