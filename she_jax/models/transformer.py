@@ -52,8 +52,8 @@ def _initializer(name: str) -> Callable:
 _PRESETS = {
     "tiny": dict(vocab_size=4096, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
                  head_dim=32, mlp_dim=512),
-    # Twice tiny's width: answer-first SFT at this width learns the title-query matching
-    # that tiny leaves near chance, with or without the overlap task (README, Results).
+    # Twice tiny's width. With the overlap task (config.sft.overlap_weight), answer-first SFT
+    # at this width learns the title-query comparisons; at tiny's it does not (README).
     "tiny_wide": dict(vocab_size=4096, hidden_size=256, num_layers=4, num_heads=8,
                       num_kv_heads=4, head_dim=32, mlp_dim=1024),
     "small": dict(vocab_size=8192, hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4,
