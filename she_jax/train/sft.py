@@ -87,14 +87,12 @@ def title_query_overlap(tokens: jax.Array, attention_mask: jax.Array,
     in_title[b, t]: tokens[b, t] is a title token (after the item marker, before the first
     prompt-end token); overlaps[b, t]: that token id also occurs among the query's tokens.
     """
-    def seen(token_id):
-        return jnp.cumsum(tokens == token_id, axis=1) > 0
+    def seen(*token_ids):  # [B, T]: one of token_ids occurs at or before t
+        return jnp.cumsum(jnp.isin(tokens, jnp.asarray(token_ids)), axis=1) > 0
 
-    ended = seen(task.prompt_end_ids[0])
-    for token_id in task.prompt_end_ids[1:]:
-        ended = ended | seen(token_id)
     in_query = seen(task.query_id) & ~seen(task.item_id) & (tokens != task.query_id)
-    in_title = seen(task.item_id) & ~ended & (tokens != task.item_id) & attention_mask
+    in_title = (seen(task.item_id) & ~seen(*task.prompt_end_ids) & (tokens != task.item_id)
+                & attention_mask)
     same = tokens[:, :, None] == tokens[:, None, :]  # [B, T (title), T (query)]
     overlaps = jnp.any(same & in_query[:, None, :], axis=-1) & in_title
     return in_title, overlaps
