@@ -7,7 +7,8 @@ For each evaluation split: greedy-decode the CoT of every prompt through the gro
   * think-first: the label the model wrote (-1 if none, an invalid prediction) and the
     4-label softmax at the position where it wrote it (one teacher-forced forward).
 Writes <workdir>/eval.json (she_jax.eval.report format), predictions.jsonl (one line per
-example: split, id, gold, prediction, label probabilities — what `--compare` GSB reads),
+example: split, id, gold, prediction, label probabilities — what `--compare` GSB reads —
+and per-step correctness and hallucination, which she_jax.eval.compare bootstraps),
 samples.jsonl (a few decoded outputs) and plots/ (confusion matrices, calibration).
 """
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from she_jax import sampling, special_tokens as st
 from she_jax.data import cot, loader
-from she_jax.eval import report
+from she_jax.eval import metrics, report
 from she_jax.models import transformer
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -41,6 +42,9 @@ def eval_section() -> ml_collections.ConfigDict:
     c.splits = DEFAULT_SPLITS  # splits evaluated (missing ones are skipped with a warning)
     c.batch_size = 64  # prompts per decode batch (the last batch is padded, not recompiled)
     c.max_new_tokens = 128  # decode budget for the CoT
+    # Padded prompt lengths (one compiled program each); a longer prompt needs a bigger one
+    # (or config.data.overlong): checked for every eval split before training starts.
+    c.prompt_buckets = loader.DEFAULT_PROMPT_BUCKETS
     c.max_examples = 0  # > 0 evaluates only the first N examples of each split
     c.beta = 0.5  # CumPT threshold reported in eval.json
     c.num_samples_logged = 8  # decoded outputs per split written to samples.jsonl
@@ -78,7 +82,9 @@ def predict_split(model_config: transformer.ModelConfig, params: Any, tokenizer:
     parsed [N] (ParsedCoT).
     """
     n = len(records)
-    dataset = loader.prompt_dataset(records, tokenizer, batch_size=eval_config.batch_size)
+    dataset = loader.prompt_dataset(records, tokenizer, batch_size=eval_config.batch_size,
+                                    buckets=tuple(eval_config.get("prompt_buckets",
+                                                                  loader.DEFAULT_PROMPT_BUCKETS)))
     sampler = sampling.Sampler(model_config, sampling.SamplingConfig(
         temperature=0.0, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
     max_new = eval_config.max_new_tokens
@@ -164,14 +170,38 @@ def evaluate_records(model_config: transformer.ModelConfig, params: Any, tokeniz
     return entries, raw
 
 
+def _per_example_steps(pred: Mapping) -> tuple[list, list]:
+    """Per example: steps_correct (a bool per step of STEP_NAMES, None where the step is not
+    annotated; None for an unannotated example) and hallucination (all annotated steps right
+    and the label wrong; None when not annotated) — build_split_report's quantities, kept per
+    example so the cross-run report (she_jax.eval.compare) can bootstrap them."""
+    annotated, step_right, step_annotated = metrics.step_correctness(
+        [p.steps for p in pred["parsed"]], [r.get("annotations") for r in pred["records"]])
+    all_right = metrics.all_steps_right(step_right, step_annotated)
+    wrong = np.asarray(pred["y_pred"]) != np.asarray(pred["y_true"])
+    steps_correct, hallucination = [], []
+    for i in range(len(pred["records"])):
+        if not annotated[i]:
+            steps_correct.append(None)
+            hallucination.append(None)
+            continue
+        steps_correct.append([bool(right) if has else None
+                              for right, has in zip(step_right[i], step_annotated[i])])
+        hallucination.append(bool(all_right[i] and wrong[i]))
+    return steps_correct, hallucination
+
+
 def write_predictions(workdir: str, raw: Mapping[str, Mapping], num_samples: int) -> None:
     with open(os.path.join(workdir, PREDICTIONS_FILE), "w") as f:
         for split, pred in raw.items():
+            steps_correct, hallucination = _per_example_steps(pred)
             for i, record in enumerate(pred["records"]):
                 f.write(json.dumps({
                     "split": split, "id": record["id"], "label": int(pred["y_true"][i]),
                     "pred": int(pred["y_pred"][i]),
-                    "probs": [round(float(p), 6) for p in pred["probs"][i]]}) + "\n")
+                    "probs": [round(float(p), 6) for p in pred["probs"][i]],
+                    "steps_correct": steps_correct[i],
+                    "hallucination": hallucination[i]}) + "\n")
     # Training rollouts logged by an RL run (lines with a 'step') stay; eval lines replace
     # those of an earlier evaluation.
     samples_path = os.path.join(workdir, SAMPLES_FILE)
