@@ -5,12 +5,14 @@ r"""The cross-run report: settings compared across seeds, with bootstrap interva
 
 Inputs: run directories (config.json + eval.json, and predictions.jsonl / metrics.jsonl where
 present), sweep directories (sweep.json: `trials`, each with its `overrides` and `workdir`) or
-any folder whose subdirectories are run directories. Runs that differ only in `seed` /
-`data_seed` are one *setting*: for a sweep trial its overrides minus those keys, for a plain
-run its flattened config.json minus those keys and the paths filled in from prerequisites
-(`init_dir`, the keys `config.prerequisites` names, any `*_dir` holding a run). A setting is
-named by the keys that tell it apart (`optimizer.lr=1e-05`), prefixed by `config.name` when
-the runs come from several configs (`grpo`, `srpo_stage3 rl.loss.kl_beta=0`).
+any folder whose subdirectories are run directories. Runs that differ only in their seeds
+(`seed`, `data_seed`, `prerequisite_seed`) are one *setting*: for a sweep trial its
+overrides minus those keys, for a plain run its flattened config.json minus those keys and
+the paths filled in from prerequisites (`init_dir`, the keys `config.prerequisites` names,
+any `*_dir` holding a run). A setting is named by the keys that tell it apart
+(`optimizer.lr=1e-05`), prefixed by `config.name` when the runs come from several configs
+(`grpo`, `srpo_stage3 rl.loss.kl_beta=0`). A world seed (`data.world_overrides.seed`) is
+part of a setting, and settings with other data are never paired.
 
 Outputs, in --out (default: the one sweep directory given): report.json (what
 `build_report` returns), report.md, report.html (self-contained: plots embedded as base64)
@@ -21,11 +23,8 @@ e.g. in a notebook.
 Statistics (`METHOD_TEXT`, stated in every report): per setting and split, the mean over
 seeds of each seed's metric with a 95 % percentile bootstrap interval over seeds and
 examples; per split, paired differences against a baseline setting on the same examples,
-bootstrapped over examples stratified by gold label. Resampling is done here with a numpy
-Generator rather than `scipy.stats.bootstrap`: scipy resamples one sample (or pairs of
-samples) but has no strata and no crossed seed-by-example design, which both intervals need.
-Every resample is an [R, N] matrix of draw counts, so each statistic (a confusion matrix per
-resample and seed, hence macro-F1, which is not a mean over examples) is one matmul.
+bootstrapped over examples stratified by gold label (she_jax.eval.resampling, which says
+why scipy.stats.bootstrap does not fit).
 """
 
 from __future__ import annotations
@@ -48,6 +47,8 @@ from typing import Any
 import numpy as np
 
 from she_jax.eval import report as eval_report
+from she_jax.eval.resampling import (CONFIDENCE, METRICS, SplitData, finite_or_none, nan_mean,
+                                     paired_bootstrap, setting_bootstrap, stratified_counts)
 from she_jax.special_tokens import LABELS
 
 REPORT_FORMAT_VERSION = 1
@@ -56,21 +57,18 @@ PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.jsonl"
 OUTPUT_FILES = ("report.json", "report.md", "report.html")
 PLOTS_DIR = "plots"
-SEED_KEYS = ("seed", "data_seed")
+# Seeds: runs differing only here are one setting (prerequisite_seed seeds the runs a chain
+# starts from). A world seed (data.world_overrides.seed) is not one: it changes the examples.
+SEED_KEYS = ("seed", "data_seed", "prerequisite_seed")
 # data.* keys that leave a split's examples as they are (truncation keeps the ids), so
 # settings differing only there are still paired; any other data.* difference means other
 # examples (another world seed or size, other files) and is never paired.
 SAME_EXAMPLES_DATA_KEYS = ("data.on_bad_row", "data.max_examples_per_split")
-LABEL_METRICS = ("macro_f1", "accuracy") + tuple(f"f1_{label}" for label in LABELS)
-STEP_METRICS = ("step_accuracy", "hallucination_rate")
-METRICS = LABEL_METRICS + STEP_METRICS
-CONFIDENCE = 0.95
 MIN_SEEDS = 3
 DEFAULT_CURVE_KEYS = ("loss", "label_accuracy", "rollout/reward_mean", "rollout/accuracy",
                       "rollout/format_valid", "anchor/nll")
 PRED_CLASSES = LABELS + ("invalid",)
 _NUM_CLASSES = len(LABELS)
-_NUM_CELLS = _NUM_CLASSES * (_NUM_CLASSES + 1)  # confusion cells: gold x (predicted + invalid)
 _MISSING = "\0missing"
 
 METHOD_TEXT = (
@@ -107,7 +105,8 @@ class Run:
     eval: dict
     config_name: str
     identity: dict[str, Any]  # the setting's keys: everything but seeds and run paths
-    seed_value: tuple  # (seed, data_seed) from config.json, None where absent
+    seed_value: tuple  # the SEED_KEYS values in config.json, None where absent
+    seed_label: str = ""  # how the report names this run's seed (see label_seeds)
 
 
 @dataclasses.dataclass
@@ -117,6 +116,7 @@ class Setting:
     config_name: str
     identity: dict[str, Any]
     runs: list[Run]
+    distinct: dict[str, Any]  # the identity keys that tell it from its config's other settings
 
 
 def _read_json(path: str) -> Any:
@@ -127,18 +127,22 @@ def _read_json(path: str) -> Any:
             raise ValueError(f"{path}: not valid JSON: {e}") from None
 
 
-def _read_jsonl(path: str) -> Iterator[tuple[int, dict]]:
+def _read_jsonl(path: str, torn_last_ok: bool = False) -> Iterator[tuple[int, dict]]:
+    """(line number, object) per non-empty line; `torn_last_ok` drops an unparseable last
+    line with a warning (an append-only log whose last write a crash cut short)."""
     with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not a JSON object ({e})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object")
-            yield line_no, row
+        lines = [(line_no, line) for line_no, line in enumerate(f, 1) if line.strip()]
+    for k, (line_no, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if torn_last_ok and k == len(lines) - 1:
+                logging.warning("%s:%d: dropped a torn last line (%s)", path, line_no, e)
+                return
+            raise ValueError(f"{path}:{line_no}: not a JSON object ({e})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{line_no}: expected a JSON object")
+        yield line_no, row
 
 
 def is_run_dir(path: str) -> bool:
@@ -290,22 +294,24 @@ def group_settings(runs: Sequence[Run]) -> list[Setting]:
         groups.setdefault((run.config_name, _canonical(run.identity)), []).append(run)
     firsts = [members[0] for members in groups.values()]
     config_names = list(dict.fromkeys(run.config_name for run in firsts))
-    names = []
+    names, distincts = [], []
     for run in firsts:
         peers = [r.identity for r in firsts if r.config_name == run.config_name]
         keys = sorted(set().union(*peers) - {"name"})
-        distinct = [k for k in keys if len({_canonical(p.get(k, _MISSING)) for p in peers}) > 1]
+        distinct = {k: run.identity.get(k) for k in keys
+                    if len({_canonical(p.get(k, _MISSING)) for p in peers}) > 1}
         label = ", ".join(f"{k}={_show(run.identity[k])}" if k in run.identity
                           else f"{k}=(default)" for k in distinct)
         if len(config_names) > 1 or not label:
             label = f"{run.config_name} {label}".strip()
         names.append(label)
+        distincts.append(distinct)
     for i, name in enumerate(names):  # identical names cannot be told apart: number them
         if names.count(name) > 1:
             names[i] = f"{name} #{names[:i + 1].count(name)}"
     return [Setting(name, members[0].config_name, members[0].identity,
-                    sorted(members, key=_seed_order))
-            for name, members in zip(names, groups.values())]
+                    sorted(members, key=_seed_order), distinct)
+            for name, members, distinct in zip(names, groups.values(), distincts)]
 
 
 def _data_identity(setting: Setting) -> str:
@@ -315,33 +321,6 @@ def _data_identity(setting: Setting) -> str:
 
 # ----------------------------------------------------------------------------------------
 # Per-example data.
-
-
-@dataclasses.dataclass
-class SplitData:
-    """One setting's per-example arrays on one split (S seeds, N examples in `ids` order).
-
-    label [N] gold class ids; pred [S, N] predicted ids (-1 invalid); annotated, all_right,
-    hallucinated [S, N] bool, or None when some run lacks per-example steps.
-    """
-    ids: list[Any]
-    label: np.ndarray
-    pred: np.ndarray
-    annotated: np.ndarray | None = None
-    all_right: np.ndarray | None = None
-    hallucinated: np.ndarray | None = None
-
-    def take(self, ids: Sequence[Any], seeds: Sequence[int]) -> SplitData:
-        """The rows `seeds` and the columns `ids` (a subset of self.ids, in that order)."""
-        index = {example_id: i for i, example_id in enumerate(self.ids)}
-        cols = np.array([index[i] for i in ids], dtype=np.int64)
-        rows = np.asarray(seeds, dtype=np.int64)
-
-        def sub(a):
-            return None if a is None else a[rows][:, cols]
-
-        return SplitData(list(ids), self.label[cols], sub(self.pred), sub(self.annotated),
-                         sub(self.all_right), sub(self.hallucinated))
 
 
 def read_predictions(workdir: str) -> dict[str, dict[Any, dict]] | None:
@@ -422,166 +401,6 @@ def split_data(runs: Sequence[Run], split: str,
     return data, notes
 
 
-# ----------------------------------------------------------------------------------------
-# Statistics.
-
-
-def draw_counts(n: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """[R, n] int: how often each of n items is drawn in each of R draws of n with
-    replacement (a multinomial(n, 1/n) row per resample)."""
-    picks = rng.integers(0, n, size=(n_resamples, n))
-    offsets = (np.arange(n_resamples) * n)[:, None]
-    return np.bincount((picks + offsets).ravel(),
-                       minlength=n_resamples * n).reshape(n_resamples, n)
-
-
-def stratified_counts(labels: Any, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """[R, N] draw counts of examples resampled with replacement within each gold label:
-    every resample keeps each label's count. labels: [N] class ids."""
-    labels = np.asarray(labels)
-    n = labels.size
-    picks = np.empty((n_resamples, n), dtype=np.int64)
-    start = 0
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        picks[:, start:start + members.size] = members[
-            rng.integers(0, members.size, size=(n_resamples, members.size))]
-        start += members.size
-    picks += (np.arange(n_resamples) * n)[:, None]
-    return np.bincount(picks.ravel(), minlength=n_resamples * n).reshape(n_resamples, n)
-
-
-def label_metrics(confusion: np.ndarray) -> dict[str, np.ndarray]:
-    """accuracy, macro_f1 and f1_<label> of confusion matrices [..., 4, 5] (last column:
-    invalid), batched; the conventions of she_jax.eval.metrics (0 where undefined; macro-F1
-    over the classes with support or valid predictions)."""
-    cm = np.asarray(confusion, dtype=np.float64)
-    valid = cm[..., :_NUM_CLASSES]
-    true_pos = np.diagonal(valid, axis1=-2, axis2=-1)
-    predicted = valid.sum(axis=-2)
-    support = cm.sum(axis=-1)
-    zeros = np.zeros_like(true_pos)
-    precision = np.divide(true_pos, predicted, out=zeros.copy(), where=predicted > 0)
-    recall = np.divide(true_pos, support, out=zeros.copy(), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=zeros.copy(), where=denom > 0)
-    present = (support > 0) | (predicted > 0)
-    n_present = present.sum(axis=-1)
-    out = {"accuracy": true_pos.sum(axis=-1) / support.sum(axis=-1),
-           "macro_f1": np.divide((f1 * present).sum(axis=-1), n_present,
-                                 out=np.zeros(n_present.shape), where=n_present > 0)}
-    for c, label in enumerate(LABELS):
-        out[f"f1_{label}"] = f1[..., c]
-    return out
-
-
-def seed_metrics(weights: np.ndarray, data: SplitData) -> dict[str, np.ndarray]:
-    """Every metric per resample and seed: weights [R, N] (draw counts) -> {name: [R, S]},
-    NaN where undefined (step metrics with an empty denominator); step metrics only when
-    `data` has per-example steps."""
-    num_seeds, n = data.pred.shape
-    column = np.where(data.pred < 0, _NUM_CLASSES, data.pred)
-    cell = data.label[None, :] * (_NUM_CLASSES + 1) + column  # [S, N] confusion cell
-    onehot = np.zeros((n, num_seeds, _NUM_CELLS), dtype=np.float32)
-    onehot[np.arange(n)[:, None], np.arange(num_seeds)[None, :], cell.T] = 1.0
-    indicators = [onehot.reshape(n, -1)]
-    if data.annotated is not None:
-        steps_right = data.annotated & data.all_right
-        indicators += [data.annotated.T, steps_right.T, (data.hallucinated & steps_right).T]
-    # One matmul counts every cell of every seed in every resample; float32 is exact here
-    # (integer sums far below 2^24) and halves the memory traffic.
-    counts = (np.asarray(weights, dtype=np.float32)
-              @ np.concatenate(indicators, axis=1, dtype=np.float32)).astype(np.float64)
-    cells = num_seeds * _NUM_CELLS
-    out = label_metrics(counts[:, :cells].reshape(
-        len(counts), num_seeds, _NUM_CLASSES, _NUM_CLASSES + 1))
-    if data.annotated is not None:
-        annotated, right, hallucinated = np.split(counts[:, cells:], 3, axis=1)
-
-        def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-            return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
-
-        out["step_accuracy"] = ratio(right, annotated)
-        out["hallucination_rate"] = ratio(hallucinated, right)
-    return out
-
-
-def _weighted_mean(values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Mean over the last axis of values [..., S], ignoring NaN; NaN where nothing is left."""
-    finite = np.isfinite(values)
-    w = finite.astype(np.float64) if weights is None else weights * finite
-    total = np.where(finite, values, 0.0)
-    num, den = (w * total).sum(axis=-1), w.sum(axis=-1)
-    return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
-
-
-def _interval(replicates: np.ndarray) -> tuple[float | None, float | None, int]:
-    """Percentile interval of the finite replicates, and how many were undefined."""
-    finite = replicates[np.isfinite(replicates)]
-    undefined = int(replicates.size - finite.size)
-    if finite.size == 0:
-        return None, None, undefined
-    alpha = (1 - CONFIDENCE) / 2
-    lo, hi = np.percentile(finite, [100 * alpha, 100 * (1 - alpha)])
-    return float(lo), float(hi), undefined
-
-
-def _number(x: Any) -> float | None:
-    return None if x is None or not np.isfinite(x) else float(x)
-
-
-def setting_bootstrap(data: SplitData, n_resamples: int, rng: np.random.Generator,
-                      example_counts: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
-    """{metric: {'mean', 'lo', 'hi', 'per_seed', 'source'}} over seeds and examples.
-
-    Two levels, crossed (METHOD_TEXT): per resample, seed draw counts [R, S] and one
-    stratified example draw [R, N] shared by the seeds; the metric per (resample, seed) from
-    `seed_metrics`, averaged over the drawn seeds with their counts. `example_counts` [R, N]:
-    a stratified draw to use (e.g. shared by the settings of a split) instead of a new one.
-    """
-    num_seeds, n = data.pred.shape
-    point = seed_metrics(np.ones((1, n)), data)
-    weights = (stratified_counts(data.label, n_resamples, rng) if example_counts is None
-               else example_counts)
-    seed_counts = draw_counts(num_seeds, n_resamples, rng).astype(np.float64)
-    replicates = seed_metrics(weights, data)
-    out = {}
-    for name, per_seed in point.items():
-        lo, hi, undefined = _interval(_weighted_mean(replicates[name], seed_counts))
-        cell = {"mean": _number(_weighted_mean(per_seed[0])), "lo": lo, "hi": hi,
-                "per_seed": [_number(v) for v in per_seed[0]], "source": "bootstrap"}
-        if undefined:
-            cell["undefined_resamples"] = undefined
-        out[name] = cell
-    return out
-
-
-def paired_bootstrap(a: SplitData, b: SplitData, n_resamples: int,
-                     rng: np.random.Generator | None,
-                     example_counts: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
-    """{metric: {'diff', 'lo', 'hi'}} of A - B (each side's mean over its seeds) on the same
-    examples (a.ids == b.ids), bootstrapped over examples stratified by gold label (or the
-    stratified draw `example_counts` [R, N])."""
-    if a.ids != b.ids or (a.label != b.label).any():
-        raise ValueError("paired_bootstrap needs the same examples with the same gold labels")
-    n = len(a.ids)
-    point_a, point_b = seed_metrics(np.ones((1, n)), a), seed_metrics(np.ones((1, n)), b)
-    weights = (stratified_counts(a.label, n_resamples, rng) if example_counts is None
-               else example_counts)
-    reps_a, reps_b = seed_metrics(weights, a), seed_metrics(weights, b)
-    out = {}
-    for name in point_a:
-        if name not in point_b:
-            continue
-        diff = _weighted_mean(point_a[name])[0] - _weighted_mean(point_b[name])[0]
-        lo, hi, undefined = _interval(_weighted_mean(reps_a[name]) - _weighted_mean(reps_b[name]))
-        cell = {"diff": _number(diff), "lo": lo, "hi": hi}
-        if undefined:
-            cell["undefined_resamples"] = undefined
-        out[name] = cell
-    return out
-
-
 def _rng(seed: int, *parts: str) -> np.random.Generator:
     """A stream per (split, setting, ...): a report does not change when settings are added."""
     return np.random.default_rng([seed, *(zlib.crc32(p.encode()) for p in parts)])
@@ -600,7 +419,7 @@ def _aggregate_cells(runs: Sequence[Run], split: str, names: Sequence[str]
         values = [getter(run.eval["splits"][split]) for run in runs]
         known = [v for v in values if v is not None]
         out[name] = {"mean": float(np.mean(known)) if known else None, "lo": None, "hi": None,
-                     "per_seed": [_number(v) for v in values], "source": "eval.json"}
+                     "per_seed": [finite_or_none(v) for v in values], "source": "eval.json"}
     return out
 
 
@@ -630,7 +449,8 @@ def _paired_entry(a_runs: Sequence[Run], b_runs: Sequence[Run], a: SplitData, b:
     if matched and unique:
         rows_a = [a_seeds.index(s) for s in matched]
         rows_b = [b_seeds.index(s) for s in matched]
-        seeds = "matched: " + "; ".join(_show_seed(s) for s in matched)
+        label = {run.seed_value: run.seed_label for run in a_runs}
+        seeds = "matched: " + ", ".join(label[s] for s in matched)
     else:
         rows_a, rows_b = list(range(len(a_seeds))), list(range(len(b_seeds)))
         seeds = f"mean over seeds ({len(a_seeds)} vs {len(b_seeds)})"
@@ -643,8 +463,19 @@ def _paired_entry(a_runs: Sequence[Run], b_runs: Sequence[Run], a: SplitData, b:
             "metrics": paired_bootstrap(a, b, len(counts), None, counts)}
 
 
-def _show_seed(seed_value: tuple) -> str:
-    return ", ".join(f"{k}={v}" for k, v in zip(SEED_KEYS, seed_value) if v is not None)
+def label_seeds(runs: Sequence[Run]) -> list[str]:
+    """Sets each run's seed_label from the seed keys whose values differ between `runs`
+    ('seed' alone when none does): the value for one key ('1'), else 'seed=1 data_seed=2'.
+    Returns the keys shown."""
+    shown = [i for i, key in enumerate(SEED_KEYS)
+             if len({_canonical(run.seed_value[i]) for run in runs}) > 1] or [0]
+    for run in runs:
+        if len(shown) == 1:
+            run.seed_label = _show(run.seed_value[shown[0]])
+        else:
+            run.seed_label = " ".join(f"{SEED_KEYS[i]}={_show(run.seed_value[i])}"
+                                      for i in shown)
+    return [SEED_KEYS[i] for i in shown]
 
 
 def _default_out_dir(paths: Sequence[str]) -> str:
@@ -695,6 +526,7 @@ def build_report(paths: Sequence[str], out_dir: str | None = None, *,
     out_dir = out_dir if out_dir is not None else _default_out_dir(paths)
     start = time.perf_counter()
     runs, warnings = load_runs(paths)
+    seed_keys = label_seeds(runs)
     settings = group_settings(runs)
     base = _pick_baseline(settings, baseline)
     available = eval_report.ordered_splits(sorted({s for r in runs for s in r.eval["splits"]}))
@@ -715,7 +547,8 @@ def build_report(paths: Sequence[str], out_dir: str | None = None, *,
         values = [r.seed_value for r in setting.runs]
         if len(set(values)) < len(values):
             warnings.append(f"setting {setting.name!r} has several runs with the same seeds "
-                            f"({[_show_seed(v) for v in values]})")
+                            f"({', '.join(r.seed_label for r in setting.runs)}): paired "
+                            "differences use each side's mean over its runs")
     split_entries: dict[str, dict] = {}
     paired: dict[str, dict] = {}
     for split in available:
@@ -750,7 +583,7 @@ def build_report(paths: Sequence[str], out_dir: str | None = None, *,
             pred_share, gold_share = _label_mix(split_runs, split)
             entries[setting.name] = {
                 "n_seeds": len(split_runs),
-                "seeds": [_show_seed(r.seed_value) for r in split_runs],
+                "seeds": [r.seed_label for r in split_runs],
                 "n_examples": (len(data.ids) if data is not None else
                                int(split_runs[0].eval["splits"][split]["n"])),
                 "metrics": {name: cells[name] for name in METRICS},
@@ -783,9 +616,10 @@ def build_report(paths: Sequence[str], out_dir: str | None = None, *,
                    "levels": "seeds x examples (crossed); paired: examples"},
         "inputs": list(paths),
         "settings": [{"name": s.name, "config_name": s.config_name,
-                      "identity": {k: v for k, v in sorted(s.identity.items())},
-                      "runs": [{"workdir": r.workdir, "seed": _show_seed(r.seed_value)}
+                      "distinct": s.distinct,
+                      "runs": [{"workdir": r.workdir, "seed": r.seed_label}
                                for r in s.runs]} for s in settings],
+        "seed_keys": seed_keys,
         "baseline": base.name,
         "splits": split_entries,
         "paired": paired,
@@ -817,10 +651,12 @@ def _json_safe(value: Any) -> Any:
 
 def _read_metrics(workdir: str) -> list[dict]:
     path = os.path.join(workdir, METRICS_FILE)
-    return [row for _, row in _read_jsonl(path)] if os.path.isfile(path) else []
+    if not os.path.isfile(path):
+        return []
+    return [row for _, row in _read_jsonl(path, torn_last_ok=True)]
 
 
-def _is_number(value: Any) -> bool:
+def _isfinite_or_none(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -830,7 +666,7 @@ def learning_curves(settings: Sequence[Setting], keys: Sequence[str] | None = No
     each setting's seeds from metrics.jsonl (steps any seed logged; NaN-free)."""
     rows = {run.workdir: _read_metrics(run.workdir) for s in settings for run in s.runs}
     logged = {k for run_rows in rows.values() for row in run_rows for k, v in row.items()
-              if _is_number(v) and k != "step"}
+              if _isfinite_or_none(v) and k != "step"}
     if keys is None:
         keys = [k for k in DEFAULT_CURVE_KEYS if k in logged]
     else:
@@ -845,7 +681,7 @@ def learning_curves(settings: Sequence[Setting], keys: Sequence[str] | None = No
             per_seed = []
             for run in setting.runs:
                 points = {row["step"]: float(row[key]) for row in rows[run.workdir]
-                          if _is_number(row.get(key)) and _is_number(row.get("step"))
+                          if _isfinite_or_none(row.get(key)) and _isfinite_or_none(row.get("step"))
                           and math.isfinite(row[key])}
                 if points:
                     per_seed.append(points)
@@ -855,7 +691,7 @@ def learning_curves(settings: Sequence[Setting], keys: Sequence[str] | None = No
             values = np.array([[p.get(t, np.nan) for t in steps] for p in per_seed])
             counts = np.isfinite(values).sum(axis=0)
             curves[key][setting.name] = {
-                "step": steps, "mean": _weighted_mean(values.T).tolist(),
+                "step": steps, "mean": nan_mean(values.T).tolist(),
                 "min": np.nanmin(values, axis=0).tolist(),
                 "max": np.nanmax(values, axis=0).tolist(), "n_seeds": counts.tolist()}
     return curves
@@ -873,7 +709,7 @@ def plot_macro_f1(result: Mapping, path: str) -> str:
     """Grouped bars: macro-F1 (%) per split and setting, whiskers = the 95 % interval."""
     splits = list(result["splits"])
     names = [s["name"] for s in result["settings"]]
-    fig = eval_report._new_figure(max(6.0, 1.2 * len(splits) * max(1, len(names)) / 2), 4.0)
+    fig = eval_report._new_figure(max(7.0, 4.0 + 0.25 * len(splits) * max(1, len(names))), 4.0)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(names))
     for j, name in enumerate(names):
@@ -893,7 +729,7 @@ def plot_macro_f1(result: Mapping, path: str) -> str:
     ax.set_ylabel("macro-F1 (%)")
     ax.set_title("macro-F1 per split: mean over seeds, 95 % bootstrap interval")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return eval_report._save(fig, path)
 
 
@@ -985,9 +821,9 @@ def report_blocks(result: Mapping) -> list[tuple]:
                    f"are against the baseline setting `{result['baseline']}`. Accuracy, F1 "
                    "and rates in %, 95 % bootstrap intervals in brackets; † = eval.json "
                    "aggregate, no interval (Methods)."))
-    blocks.append(("table", ["setting", "config", "seeds", "runs"],
-                   [[s["name"], s["config_name"],
-                     "; ".join(r["seed"] or "-" for r in s["runs"]),
+    blocks.append(("table", ["setting", "config", f"seeds ({', '.join(result['seed_keys'])})",
+                             "runs"],
+                   [[s["name"], s["config_name"], ", ".join(r["seed"] for r in s["runs"]),
                      ", ".join(r["workdir"] for r in s["runs"])]
                     for s in result["settings"]]))
     if result["warnings"]:
@@ -1042,6 +878,15 @@ def report_blocks(result: Mapping) -> list[tuple]:
     return blocks
 
 
+_NUMERIC = re.compile(r"^[-+]?(\d|\.\d)|^-$")
+
+
+def _right_aligned(rows: Sequence[Sequence[str]], num_columns: int) -> list[bool]:
+    """Per column: every cell is a number (or '-'), so the column is right-aligned."""
+    return [bool(rows) and all(_NUMERIC.match(row[j]) for row in rows)
+            for j in range(num_columns)]
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -1061,7 +906,8 @@ def render_markdown(result: Mapping) -> str:
         elif kind == "table":
             header, rows = block[1], block[2]
             lines.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
-            lines.append("| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |")
+            align = _right_aligned(rows, len(header))
+            lines.append("| " + " | ".join("---:" if a else "---" for a in align) + " |")
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
             lines.append("")
         elif kind == "img":
@@ -1071,7 +917,7 @@ def render_markdown(result: Mapping) -> str:
 
 _CSS = ("body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:0.5em 0;font-size:0.85em}"
-        "td,th{border:1px solid #ccc;padding:2px 6px}td:not(:first-child){text-align:right}"
+        "td,th{border:1px solid #ccc;padding:2px 6px}td.num{text-align:right}"
         "img{max-width:100%}")
 
 
@@ -1090,9 +936,11 @@ def render_html(result: Mapping, out_dir: str) -> str:
         elif kind == "list":
             parts.append("<ul>" + "".join(f"<li>{esc(i)}</li>" for i in block[1]) + "</ul>")
         elif kind == "table":
+            align = _right_aligned(block[2], len(block[1]))
             head = "".join(f"<th>{esc(h)}</th>" for h in block[1])
-            body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
-                           for row in block[2])
+            body = "".join("<tr>" + "".join(
+                f"<td class='num'>{esc(c)}</td>" if a else f"<td>{esc(c)}</td>"
+                for c, a in zip(row, align)) + "</tr>" for row in block[2])
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif kind == "img":
             with open(os.path.join(out_dir, block[2]), "rb") as f:
