@@ -34,6 +34,7 @@ EXTRAS_REQUIRE = {
         "pytest-xdist==3.8.0",
         "torch==2.13.0",
         "trl==1.16.0",
+        "scipy==1.17.1",  # tests/test_resampling.py checks the bootstrap against scipy's
         "nbformat==5.11.1",
         "nbclient==0.11.0",
         "ipykernel==7.4.0",
