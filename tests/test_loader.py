@@ -232,3 +232,92 @@ def test_checks_order_swaps_the_prompt_cue_and_keeps_the_served_prompts(records,
             assert batch["loss_mask"][row].sum() == length - p
             seen.append(k)
     assert sorted(seen) == list(range(2 * n))
+
+
+def _batched_lengths(dataset):
+    """{record index: real tokens} over every batch of a dataset."""
+    return {int(b["index"][r]): int(b["attention_mask"][r].sum())
+            for b in all_batches(dataset) for r in np.flatnonzero(b["example_mask"])}
+
+
+@pytest.mark.parametrize("order", [None, "think_first", ("answer_first", "think_first")])
+def test_record_lengths_are_what_the_datasets_batch(records, tokenizer, order):
+    lengths = loader.record_lengths(records, tokenizer, order=order)
+    if order is None:
+        ds = loader.prompt_dataset(records, tokenizer, batch_size=4, buckets=BUCKETS)
+        assert _batched_lengths(ds) == dict(enumerate(lengths.tolist()))
+    else:
+        orders = (order,) if isinstance(order, str) else order
+        ds = loader.sft_dataset(records, tokenizer, batch_size=4, buckets=BUCKETS, order=orders,
+                                drop_remainder=False)
+        per_copy = _batched_lengths(ds)  # copy k of record i is row k * N + i
+        n = len(records)
+        assert lengths.tolist() == [max(per_copy[k * n + i] for k in range(len(orders)))
+                                    for i in range(n)]
+
+
+def _long_title_records(records):
+    """Three records: a fitting one, one with a long title of words, one whose long title
+    has no spaces (a script written without them)."""
+    short = dict(records[0], id="short")
+    words = dict(records[1], id="words", item_title=" ".join(f"promo{i} hot" for i in range(40)))
+    glued = dict(records[2], id="glued", item_title="电视机超薄高清智能网络平板液晶" * 6)
+    return [short, words, glued]
+
+
+def test_fit_records_error_names_the_record_its_length_and_the_fix(records, tokenizer):
+    recs = _long_title_records(records)
+    lengths = loader.record_lengths(recs, tokenizer)
+    limit = int(lengths[0]) + 4
+    with pytest.raises(loader.OverlongError,
+                       match=rf"^split 'dev', evaluation prompts: 2 record\(s\) too long; first: "
+                             rf"record 1 \(id 'words'\) has {lengths[1]} tokens, more than the "
+                             rf"{limit} allowed\. Fix: raise it$"):
+        loader.fit_records(recs, tokenizer, max_len=limit, overlong="error",
+                           what="split 'dev', evaluation prompts", fixes="Fix: raise it")
+    with pytest.raises(ValueError, match="overlong"):
+        loader.fit_records(recs, tokenizer, max_len=limit, overlong="cut")
+
+
+def test_fit_records_skip_leaves_out_and_counts(records, tokenizer):
+    recs = _long_title_records(records)
+    limit = int(loader.record_lengths(recs, tokenizer)[0]) + 4
+    result = loader.fit_records(recs, tokenizer, max_len=limit, overlong="skip")
+    assert [r["id"] for r in result.records] == ["short"]
+    assert result.skipped == ["words", "glued"] and result.truncated == []
+    untouched = loader.fit_records(recs, tokenizer, max_len=10_000, overlong="error")
+    assert untouched.records == recs and untouched.skipped == untouched.truncated == []
+
+
+@pytest.mark.parametrize("order", [None, ("answer_first", "think_first")])
+def test_fit_records_truncate_cuts_only_the_title(records, tokenizer, order):
+    recs = _long_title_records(records)
+    one_char = [dict(r, item_title=r["item_title"][0]) for r in recs]
+    limit = int(loader.record_lengths(one_char, tokenizer, order=order).max()) + 8
+    assert loader.record_lengths(recs[:1], tokenizer, order=order)[0] <= limit
+    result = loader.fit_records(recs, tokenizer, max_len=limit, overlong="truncate", order=order)
+    assert result.truncated == ["words", "glued"] and result.skipped == []
+    assert result.records[0] is recs[0]
+    cut_lengths = loader.record_lengths(result.records, tokenizer, order=order)
+    assert (cut_lengths <= limit).all()
+    for before, after in zip(recs[1:], result.records[1:]):
+        assert after["query"] == before["query"] and after["label"] == before["label"]
+        assert after["annotations"] == before["annotations"]
+        assert before["item_title"].startswith(after["item_title"]) and after["item_title"]
+        # The longest prefix: one more character (or word) would not fit.
+        longer = dict(after, item_title=before["item_title"][:len(after["item_title"]) + 1])
+        if " " in before["item_title"]:
+            assert not after["item_title"].endswith(" ")
+            next_word = before["item_title"].find(" ", len(after["item_title"]) + 1)
+            longer["item_title"] = before["item_title"][:next_word]
+        assert loader.record_lengths([longer], tokenizer, order=order)[0] > limit
+    # The prompt still carries every marker around the cut title.
+    prompt_ids = tokenizer.encode(cot.render_prompt(result.records[1]["query"],
+                                                    result.records[1]["item_title"]))
+    assert tokenizer.answer_id in prompt_ids
+
+
+def test_fit_records_truncate_errors_when_no_title_cut_fits(records, tokenizer):
+    recs = _long_title_records(records)
+    with pytest.raises(loader.OverlongError, match="cutting its item title cannot make it fit"):
+        loader.fit_records(recs, tokenizer, max_len=5, overlong="truncate")

@@ -184,3 +184,55 @@ def test_esci_csv_line_numbers_follow_multiline_fields(tmp_path):
     directory = write_esci(tmp_path / "esci2", "csv", products=products)
     with pytest.raises(readers.BadRowError, match="products.csv: line 6: field 'product_title'"):
         readers.read_esci(directory)
+
+
+def test_jsonl_bad_utf8_line_is_a_bad_row_in_both_modes(tmp_path):
+    # Issue 20 item 4: a stray \xff\xfe used to stop the read with a bare UnicodeDecodeError
+    # (no file, no line) in both modes.
+    bad = '{"query": "tv", "item_title": "TV'.encode() + b"\xff\xfe" + b'", "label": "L4"}'
+    path = tmp_path / "bytes.jsonl"
+    path.write_bytes(b"\n".join([json.dumps(GOOD[1]).encode(), bad,
+                                 json.dumps(GOOD[2]).encode()]) + b"\n")
+    with pytest.raises(readers.BadRowError) as info:
+        readers.read_jsonl(str(path))
+    assert (info.value.where, info.value.reason) == ("line 2", "bad_utf8")
+    column = bad.index(b"\xff") + 1
+    assert str(info.value) == (f"{path}: line 2: not valid UTF-8 (byte 0xff at column "
+                               f"{column}) [bad_utf8]")
+    result = readers.read_jsonl(str(path), on_bad_row="skip")
+    assert result.skipped == {"bad_utf8": 1}
+    assert [r["query"] for r in result.records] == ["cheap tv", "tv stand"]
+    assert result.records[1]["id"] == "bytes.jsonl:3"  # lines still count the bad one
+
+
+def test_jsonl_utf8_text_and_bom_read_as_before(tmp_path):
+    row = {"query": "café 电视", "item_title": "Téléviseur 电视机", "label": "L4"}
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(row, ensure_ascii=False).encode() + b"\r\n")
+    (record,) = readers.read_jsonl(str(path)).records
+    assert (record["query"], record["item_title"]) == (row["query"], row["item_title"])
+
+
+def test_jsonl_bad_json_message_gives_the_line_length(tmp_path):
+    # Issue 20 item 8: the column alone cannot tell a cut-short line from a bad character.
+    line = '{"query": "tv", "item_title": "TV", "label": "L4"'
+    path = write_lines(tmp_path / "cut.jsonl", [json.dumps(GOOD[1]), line])
+    with pytest.raises(readers.BadRowError,
+                       match=rf"line 2: invalid JSON \(.* at column {len(line) + 1}; the line has "
+                             rf"{len(line)} characters\) \[bad_json\]"):
+        readers.read_jsonl(path)
+
+
+def test_esci_csv_bad_utf8_cell_is_a_bad_row(tmp_path):
+    directory = write_esci(tmp_path / "esci", "csv")
+    products = directory / f"{readers.ESCI_PRODUCTS}.csv"
+    products.write_bytes(products.read_bytes().replace(b"Garden hose", b"Garden \xffhose"))
+    with pytest.raises(readers.BadRowError) as info:
+        readers.read_esci(directory)
+    assert (info.value.where, info.value.field, info.value.reason) == (
+        "line 5", "product_title", "product_bad_utf8")
+    assert "byte 0xff at character 8" in str(info.value)
+    result = readers.read_esci(directory, on_bad_row="skip")
+    # The product is skipped, so its example is then an orphan: both are counted.
+    assert result.skipped == {"product_bad_utf8": 1, "orphan_product": 1}
+    assert len(result.records) == 5

@@ -109,3 +109,28 @@ def test_compute_stats_percentiles():
     expected = np.percentile(np.arange(1, 101), [50, 90, 99])
     assert [got["p50"], got["p90"], got["p99"]] == pytest.approx(list(expected))
     assert got["max"] == 100 and got["records"] == 100
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_cli_on_an_empty_file_says_so(tmp_path, capsys, as_json):
+    # Issue 20 item 4: the text report divided by the size (ZeroDivisionError).
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    result = stats.main(["stats", f"--jsonl={path}"] + (["--json"] if as_json else []))
+    captured = capsys.readouterr()
+    assert result["size"] == 0 and result["label_cv"] is None
+    assert f"warning: {path} has no records (no rows in the file)" in captured.err
+    if as_json:
+        assert json.loads(captured.out) == json.loads(json.dumps(result))
+    else:
+        assert "size:        0" in captured.out and "labels:      - (no records)" in captured.out
+
+
+def test_cli_on_a_file_of_bad_rows_counts_them(tmp_path, capsys):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"query": "tv"}\n\xff\xfe\n')
+    stats.main(["stats", f"--jsonl={path}", "--on_bad_row=skip"])
+    captured = capsys.readouterr()
+    assert "has no records (2 bad rows skipped: {'missing_field': 1, 'bad_utf8': 1})" in \
+        captured.err
+    assert "skipped:     bad_utf8 1, missing_field 1" in captured.out

@@ -17,6 +17,10 @@ epoch k // n (n batches per epoch), so the position to checkpoint is one integer
 step — either through grain's iterator state (`it.get_state()` / `it.set_state(state)`,
 {'next_index': k}) or by indexing the dataset (`batches[k]`).
 
+`fit_records` makes records fit a length limit before any dataset is built (error, skip,
+or cut the item title), measured by `record_lengths` exactly as the datasets measure them;
+she_jax.train.data_check runs it on every split a run uses before the first step.
+
 Batch keys (B = batch_size, T = the bucket length of that batch):
   tokens [B, T] int32, attention_mask [B, T] bool (True on real tokens),
   labels [B] int32 (class id: index in special_tokens.LABELS; -1 on filler rows),
@@ -31,6 +35,7 @@ Batch keys (B = batch_size, T = the bucket length of that batch):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from typing import Any, Mapping, Protocol, Sequence
@@ -308,3 +313,121 @@ def prompt_dataset(records: Sequence[Mapping], tokenizer: TokenizerLike, *, batc
                           batch_size=batch_size, buckets=buckets, seed=seed, shuffle=shuffle,
                           num_epochs=num_epochs, drop_remainder=drop_remainder,
                           overlong=overlong, what="prompts")
+
+
+# ------------------------------------------------------------------ fitting records to a length
+
+FIT_OVERLONG = ("error", "skip", "truncate")
+
+
+def record_lengths(records: Sequence[Mapping], tokenizer: TokenizerLike, *,
+                   order: str | Sequence[str] | None = None, add_bos: bool = False
+                   ) -> np.ndarray:
+    """[N] tokens of each record exactly as the datasets above measure it: the prompt
+    (order None, `prompt_dataset`), or the SFT sequence [BOS] prompt target EOS — the
+    longest over the orders when several are given (`sft_dataset`)."""
+    records = list(records)
+    if not records:
+        return np.zeros(0, np.int64)
+    encoded = _Encoded(records, tokenizer, add_bos, order)
+    lengths = encoded.prompt_lens.astype(np.int64)
+    if encoded.targets is not None:
+        lengths = lengths + encoded.targets.lengths + 1  # + EOS
+    return lengths.reshape(-1, len(records)).max(axis=0)
+
+
+class OverlongError(ValueError):
+    """A record longer than the limit (overlong='error', or 'truncate' that cannot fit it)."""
+
+
+@dataclasses.dataclass
+class FitResult:
+    """records: those kept, in order (a truncated one replaced by its copy with the cut
+    title); skipped / truncated: their ids, in input order."""
+    records: list[Mapping]
+    skipped: list[str]
+    truncated: list[str]
+
+
+def _largest_fitting(cuts: Sequence[int], fits) -> int | None:
+    """The largest cut in the increasing `cuts` for which fits(cut) holds, by bisection
+    (longer titles never tokenize shorter, to within a token: the result is re-checked)."""
+    if not cuts or not fits(cuts[0]):
+        return None
+    lo, hi = 0, len(cuts) - 1  # invariant: fits(cuts[lo])
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(cuts[mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return cuts[lo]
+
+
+def truncate_title(record: Mapping, tokenizer: TokenizerLike, max_len: int, *,
+                   order: str | Sequence[str] | None = None, add_bos: bool = False
+                   ) -> dict | None:
+    """A copy of `record` whose item_title is the longest prefix that makes it fit in
+    `max_len` tokens (measured as `record_lengths` does), or None if no non-empty one does.
+
+    Only the title is cut: the query is what is being judged and the special markers are
+    added around both by the prompt template, so they stay whole. The cut falls at a word
+    boundary where one fits, else inside the first word (titles in scripts written
+    without spaces)."""
+    title = record["item_title"]
+
+    def with_title(cut: int) -> dict:
+        return {**record, "item_title": title[:cut].rstrip()}
+
+    def fits(cut: int) -> bool:
+        candidate = with_title(cut)
+        return bool(candidate["item_title"]) and record_lengths(
+            [candidate], tokenizer, order=order, add_bos=add_bos)[0] <= max_len
+
+    word_ends = [i for i in range(1, len(title))
+                 if title[i].isspace() and not title[i - 1].isspace()]
+    for cuts in (word_ends, range(1, len(title))):
+        cut = _largest_fitting(cuts, fits)
+        if cut is not None and fits(cut):
+            return with_title(cut)
+    return None
+
+
+def fit_records(records: Sequence[Mapping], tokenizer: TokenizerLike, *, max_len: int,
+                overlong: str, order: str | Sequence[str] | None = None,
+                add_bos: bool = False, what: str = "records", fixes: str = "") -> FitResult:
+    """Makes every record fit in `max_len` tokens (measured as `record_lengths` does).
+
+    overlong: 'error' raises OverlongError naming `what`, the count, and the first record
+    (position, id, length, limit) followed by `fixes` (how to raise the limit); 'skip'
+    leaves overlong records out; 'truncate' cuts their item title (`truncate_title`) and
+    raises OverlongError for one that no title cut can fit.
+    """
+    if overlong not in FIT_OVERLONG:
+        raise ValueError(f"overlong must be one of {FIT_OVERLONG}, got {overlong!r}")
+    records = list(records)
+    lengths = record_lengths(records, tokenizer, order=order, add_bos=add_bos)
+    over = np.flatnonzero(lengths > max_len)
+    if not len(over):
+        return FitResult(records, [], [])
+
+    def describe(i: int) -> str:
+        return (f"record {i} (id {records[i].get('id')!r}) has {lengths[i]} tokens, more "
+                f"than the {max_len} allowed")
+
+    if overlong == "error":
+        raise OverlongError(f"{what}: {len(over)} record(s) too long; first: {describe(over[0])}."
+                            f" {fixes}".rstrip())
+    kept, skipped, truncated = list(records), [], []
+    for i in over:
+        if overlong == "skip":
+            kept[i] = None
+            skipped.append(records[i].get("id"))
+            continue
+        cut = truncate_title(records[i], tokenizer, max_len, order=order, add_bos=add_bos)
+        if cut is None:
+            raise OverlongError(f"{what}: {describe(i)}, and cutting its item title cannot "
+                                f"make it fit (the rest alone is too long). {fixes}".rstrip())
+        kept[i] = cut
+        truncated.append(records[i].get("id"))
+    return FitResult([r for r in kept if r is not None], skipped, truncated)

@@ -12,6 +12,7 @@ Nothing is dropped without being counted. A missing column is always an error.
 
 from __future__ import annotations
 
+import codecs
 import collections
 import csv
 import dataclasses
@@ -173,28 +174,47 @@ def _collect(rows: Iterable[tuple[_Row, Any]], build, on_bad_row: str) -> ReadRe
     return ReadResult(records=records, skipped=dict(skipped), filtered=filtered)
 
 
+def _decode_line(raw: bytes, row: _Row) -> str:
+    """One line's bytes as text (UTF-8, strict), or a `bad_utf8` row error naming the first
+    bad byte and its 1-based byte column."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise row.bad(None, "bad_utf8", f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
+                      f"column {e.start + 1})") from None
+
+
 def read_jsonl(path: str, on_bad_row: str = "error") -> ReadResult:
     """Reads records from a JSONL file (blank lines are not rows and are ignored).
 
     Required fields: query, item_title (non-empty strings), label ('L4'..'L1' or 4..1).
     Optional: id (default '<file name>:<line>'), query_type, popularity (default 'unknown'),
     annotations ({step_name: [facts]}), cot (a valid think-first CoT whose label agrees).
-    Other fields are ignored.
+    Other fields are ignored. Lines are decoded one by one (UTF-8; a BOM on line 1 is
+    dropped), so a line that is not valid UTF-8 is a bad row like any other ('bad_utf8').
     """
     name = os.path.basename(path)
 
-    def rows() -> Iterator[tuple[_Row, str]]:
-        with open(path, encoding="utf-8") as f:
+    def rows() -> Iterator[tuple[_Row, bytes]]:
+        # Bytes, decoded line by line: a bad byte is then one bad row (named, or skipped and
+        # counted) instead of a UnicodeDecodeError that stops the whole file.
+        with open(path, "rb") as f:
             for line_number, line in enumerate(f, start=1):
+                if line_number == 1 and line.startswith(codecs.BOM_UTF8):
+                    line = line[len(codecs.BOM_UTF8):]  # a BOM is an encoding mark, not text
                 if line.strip():
                     yield _Row(path, f"line {line_number}"), (line_number, line)
 
-    def build(row: _Row, payload: tuple[int, str]) -> dict:
-        line_number, line = payload
+    def build(row: _Row, payload: tuple[int, bytes]) -> dict:
+        line_number, raw = payload
+        line = _decode_line(raw, row).rstrip("\r\n")
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise row.bad(None, "bad_json", f"invalid JSON ({e.msg} at column {e.colno})") from None
+            # The column is where the parser gave up; the length tells a line cut short (the
+            # column at its end) from a bad character in its middle.
+            raise row.bad(None, "bad_json", f"invalid JSON ({e.msg} at column {e.colno}; the "
+                          f"line has {len(line)} characters)") from None
         return _record_from_dict(obj, row, default_id=f"{name}:{line_number}")
 
     return _collect(rows(), build, on_bad_row)
@@ -220,7 +240,9 @@ def _read_table(path: str, required: Sequence[str], optional: Sequence[str]
         table = pq.read_table(path, columns=wanted)
         return table.num_rows, {c: table.column(c).to_pylist() for c in wanted}, "row"
     if path.endswith(".csv"):
-        with open(path, encoding="utf-8", newline="") as f:
+        # surrogateescape: a bad byte survives decoding as a lone surrogate, and the cell
+        # holding it becomes a 'bad_utf8' row (see _cell_str) instead of stopping the read.
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None) or []
             _check_columns(path, header, required)
@@ -259,6 +281,10 @@ def _cell_str(value: Any, field: str, row: _Row) -> str:
         raise row.bad(field, "wrong_type", f"expected a string, got {type(value).__name__}")
     if not value.strip():
         raise row.bad(field, "missing_field", "value is empty")
+    bad = next((i for i, ch in enumerate(value) if "\udc80" <= ch <= "\udcff"), None)
+    if bad is not None:
+        raise row.bad(field, "bad_utf8", f"not valid UTF-8 (byte 0x{ord(value[bad]) - 0xdc00:02x} "
+                      f"at character {bad + 1} of the value)")
     return value
 
 

@@ -75,10 +75,12 @@ def compute_stats(records: Sequence[Mapping], tokenizer=None,
 
 
 def format_report(stats: Mapping[str, Any], source: str) -> str:
-    """The human-readable report."""
+    """The human-readable report (an empty source says so instead of its mix)."""
     size = stats["size"]
 
     def mix(counts: Mapping[str, int]) -> str:
+        if not size:
+            return "- (no records)"
         return ", ".join(f"{k} {n} ({100 * n / size:.1f}%)" for k, n in counts.items()) or "-"
 
     cv = stats["label_cv"]
@@ -173,6 +175,12 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         tokenizer = (tokenizer_lib.load_tokenizer(fv.tokenizer) if fv.tokenizer else
                      world_tokenizer(fv.world, fv.cache_dir, fv.vocab_size, splits))
     stats = compute_stats(result.records, tokenizer, result.skipped)
+    if not result.records:
+        # On stderr, so that --json output stays one JSON object.
+        skipped = sum(result.skipped.values())
+        print(f"warning: {source} has no records" + (
+            f" ({skipped} bad rows skipped: {dict(result.skipped)})" if skipped else
+            " (no rows in the file)" if fv.jsonl else ""), file=sys.stderr)
     print(json.dumps(stats, sort_keys=True) if fv.json else format_report(stats, source))
     return stats
 

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from she_jax.eval import deploy, evaluate, metrics
-from she_jax.train import bootstrap
+from she_jax.train import bootstrap, data_check
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run directory.", required=True)
 _COMPARE = flags.DEFINE_string("compare", None, "Another run directory for side-by-side GSB.")
@@ -54,6 +54,8 @@ def reevaluate(workdir: str, beta: float | None = None, splits: list[str] | None
     data = bootstrap.load_data(config)
     tokenizer = bootstrap.get_tokenizer(config, workdir, data)
     model_config, params = bootstrap.load_run_model(workdir)
+    data = data_check.check_lengths(config, data, tokenizer, model_config.max_seq_len,
+                                    training=False)
     return evaluate.evaluate_run(config, workdir, model_config, params, tokenizer, data,
                                  order=order)
 

@@ -120,6 +120,9 @@ def start_run(config: ml_collections.ConfigDict, workdir: str
     splits = load_data(config)
     tokenizer = get_tokenizer(config, workdir, splits)
     model_config, params = init_model(config, tokenizer, jax.random.PRNGKey(config.seed))
+    # Every split the run uses, against its buckets and the model's length, before step 1.
+    from she_jax.train import data_check
+    splits = data_check.check_lengths(config, splits, tokenizer, model_config.max_seq_len)
     return splits, tokenizer, model_config, params
 
 
