@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from typing import Any
 
+import ml_collections
 import nbformat
 import numpy as np
 import pytest
-from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from nbclient import NotebookClient
 
+from experiments import registry
 from she_jax.eval import deploy
 from she_jax.special_tokens import LABELS
 
@@ -70,17 +72,6 @@ def inject_parameters(nb: nbformat.NotebookNode, path: str, params: dict[str, An
     nb.cells.insert(parameters_index(nb, path) + 1, cell)
 
 
-def _kernel_name() -> str:
-    """'python3' when it is installed; else this interpreter's kernel, registered now."""
-    try:
-        KernelSpecManager().get_kernel_spec("python3")
-    except NoSuchKernel:
-        from ipykernel.kernelspec import install
-
-        install(user=True, kernel_name="python3")
-    return "python3"
-
-
 def execute(path: str, params: dict[str, Any], probe: str, cwd: str) -> tuple[
         nbformat.NotebookNode, dict[str, Any], float]:
     """Runs a notebook with injected parameters and a probe cell printing JSON state.
@@ -92,7 +83,9 @@ def execute(path: str, params: dict[str, Any], probe: str, cwd: str) -> tuple[
     inject_parameters(nb, path, params)
     nb.cells.append(nbformat.v4.new_code_cell(
         f"import json as _json\nprint({PROBE_MARKER!r} + _json.dumps({probe}))"))
-    client = NotebookClient(nb, kernel_name=_kernel_name(), timeout=600,
+    # 'python3': the installed kernel spec of that name, else (jupyter_client's fallback)
+    # ipykernel on this very interpreter, so nothing needs registering.
+    client = NotebookClient(nb, kernel_name="python3", timeout=600,
                             resources={"metadata": {"path": cwd}})
     start = time.perf_counter()
     client.execute()
@@ -120,7 +113,7 @@ def test_there_are_notebooks():
 def test_notebook_is_stored_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
-    strip = "clear them with `jupyter nbconvert --clear-output --inplace " + path + "`"
+    strip = f"clear them with `python notebooks/strip_outputs.py {path}`"
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
             assert cell.outputs == [], f"{path}: cell {index} has outputs; {strip}"
@@ -135,7 +128,7 @@ def test_notebook_is_stored_without_outputs(path):
 def quickstart(tmp_path_factory):
     """The quickstart executed once at the tiny size: (executed nb, probe, seconds, workdir)."""
     tmp = tmp_path_factory.mktemp("quickstart")
-    workdir = str(tmp / "run_seed0")
+    workdir = str(tmp / "runs" / "run_seed0")
     params = dict(TINY_QUICKSTART, WORKDIR=workdir, CACHE_DIR=str(tmp / "cache"))
     probe = ('{"workdir": workdir, "probs": probs.tolist(), "tiers": tiers.tolist(), '
              '"beta": BETA, "steps": curves.index.tolist(), "scored": scored.to_dict("list"), '
@@ -149,7 +142,8 @@ def test_quickstart_trains_evaluates_scores_and_tiers(quickstart):
     nb, state, seconds, workdir = quickstart
     # The install cell did nothing here: she_jax was importable, nothing was cloned.
     assert outputs_of(nb, "SHE_JAX_REPO =") == []
-    assert not os.path.exists(os.path.join(os.path.dirname(workdir), "she_jax"))
+    assert not os.path.exists(os.path.join(os.path.dirname(os.path.dirname(workdir)),
+                                           "she_jax"))
     # The run directory of the SFT it trained, at the injected size.
     for name in ("config.json", "metrics.jsonl", "eval.json", "predictions.jsonl", "model",
                  "tokenizer", "plots"):
@@ -181,3 +175,79 @@ def test_quickstart_trains_evaluates_scores_and_tiers(quickstart):
     assert state["scored"]["label"] == [LABELS[k] for k in probs.argmax(axis=1)]
     assert state["scored"]["tier"] == [deploy.TIERS[t] for t in state["tiers"]]
     print(f"quickstart: {seconds:.1f} s", file=sys.stderr)
+
+
+def _rerun(workdir: str, out_dir: str, cache: str, **changes: Any) -> str:
+    """Trains the config of a finished run again with `changes` (dotted keys) into out_dir."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    config.update_from_flattened_dict(changes)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SHE_JAX_CACHE", cache)
+        registry.run_config(config, out_dir)
+    return out_dir
+
+
+def test_compare_runs_shows_the_report_of_the_quickstart_runs(quickstart):
+    """Three runs: the quickstart's (seed 0), seed 1 of the same config, and 6 updates
+    instead of 12 (seed 0): two settings, one with 2 seeds, and their paired difference."""
+    nb, _, quickstart_seconds, workdir = quickstart
+    runs = os.path.dirname(workdir)
+    tmp = os.path.dirname(runs)
+    cache = os.path.join(tmp, "cache")
+    start = time.perf_counter()
+    _rerun(workdir, os.path.join(runs, "run_seed1"), cache, seed=1)
+    _rerun(workdir, os.path.join(runs, "run_6_steps"), cache, **{"optimizer.total_steps": 6})
+    train_seconds = time.perf_counter() - start
+    out_dir = os.path.join(tmp, "report")
+    params = {"RUN_DIRS": [runs], "OUT_DIR": out_dir, "N_RESAMPLES": 200}
+    probe = ('{"report": report, "numbers": numbers.to_dict("records"), '
+             '"files": sorted(os.listdir(OUT_DIR))}')
+    nb, state, seconds = execute(os.path.join(NOTEBOOKS, "compare_runs.ipynb"), params,
+                                 probe, tmp)
+    report = state["report"]
+    # What the notebook showed is what it wrote.
+    assert {"report.json", "report.md", "report.html", "plots"} <= set(state["files"])
+    with open(os.path.join(out_dir, "report.json")) as f:
+        assert json.load(f) == report
+    runs_of = {s["name"]: sorted(os.path.basename(r["workdir"]) for r in s["runs"])
+               for s in report["settings"]}
+    assert sorted(runs_of.values()) == [["run_6_steps"], ["run_seed0", "run_seed1"]]
+    assert any("< 3" in w for w in report["warnings"])
+    assert set(report["splits"]) == set(TINY_QUICKSTART["EVAL_SPLITS"])
+    # The rendered blocks: the warning, a table per split, the paired differences, plots.
+    shown = outputs_of(nb, "compare.report_blocks(report)")
+    markdown = "\n".join(o["data"].get("text/markdown", "") for o in shown if "data" in o)
+    assert "Warnings" in markdown and "Paired differences" in markdown
+    for split in TINY_QUICKSTART["EVAL_SPLITS"]:
+        assert f"Split {split}" in markdown
+    images = [o for o in shown if "image/png" in o.get("data", {})]
+    assert len(images) == 1 + len(report["plots"]["curves"]) >= 2
+    # The long table holds report.json's numbers.
+    for row in state["numbers"]:
+        cell = report["splits"][row["split"]][row["setting"]]["metrics"][row["metric"]]
+        if cell["mean"] is not None:
+            assert row["mean"] == pytest.approx(cell["mean"])
+    print(f"notebooks: quickstart {quickstart_seconds:.1f} s, two more tiny runs "
+          f"{train_seconds:.1f} s, compare_runs {seconds:.1f} s", file=sys.stderr)
+
+
+def test_strip_outputs_clears_an_executed_notebook(quickstart, tmp_path):
+    executed = tmp_path / "executed.ipynb"
+    nbformat.write(quickstart[0], str(executed))
+    script = os.path.join(NOTEBOOKS, "strip_outputs.py")
+    result = subprocess.run([sys.executable, script, str(executed)], capture_output=True,
+                            text=True, check=True)
+    assert "stripped" in result.stdout
+    nb = nbformat.read(str(executed), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert not any("execution" in c.metadata for c in code)
+    # Sources, ids and tags are what was executed.
+    assert [c.source for c in nb.cells] == [c.source for c in quickstart[0].cells]
+    assert [c.get("id") for c in nb.cells] == [c.get("id") for c in quickstart[0].cells]
+    parameters_index(nb, str(executed))
+    # A clean notebook is left alone.
+    again = subprocess.run([sys.executable, script, str(executed)], capture_output=True,
+                           text=True, check=True)
+    assert "already clean" in again.stdout
