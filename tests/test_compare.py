@@ -72,15 +72,17 @@ def _config(name="grpo", seed=0, lr=1e-3, **extra):
     return config
 
 
-def write_sweep(root, trials):
-    """trials: [(trial name, overrides, config, splits, metrics_rows)] -> sweep dir."""
+def write_sweep(root, trials, fixed=None):
+    """trials: [(trial name, overrides, config, splits, metrics_rows)] -> a sweep dir whose
+    sweep.json is launch.sweep's (trial workdirs relative to where the sweep ran)."""
     entries = []
     for name, overrides, config, splits, rows in trials:
         write_run(os.path.join(root, name), config, splits, rows)
-        entries.append({"name": name, "overrides": overrides, "workdir": name,
-                        "status": "done"})
+        entries.append({"name": name, "overrides": overrides, "status": "finished",
+                        "workdir": os.path.join(os.path.relpath(root), name)})
     with open(os.path.join(root, "sweep.json"), "w") as f:
-        json.dump({"trials": entries}, f)
+        json.dump({"config": "experiments/grpo.py", "fixed": fixed or {}, "out": str(root),
+                   "trials": entries}, f)
     return str(root)
 
 
@@ -127,6 +129,19 @@ def test_hand_computed_means_and_grouping(lr_sweep):
     assert entry["pred_share"]["invalid"] == pytest.approx(1 / 24)  # one of 8, seed 0 only
     assert entry["gold_share"]["L4"] == pytest.approx(3 / 8)
     assert result["warnings"] == []
+
+
+def test_sweeps_with_other_fixed_overrides_are_other_settings(tmp_path):
+    split = {"dev": (Y_TRUE, Y_HAND, None)}
+    dirs = []
+    for steps in ("100", "200"):
+        trials = [(f"seed{seed}", {"seed": seed}, _config(seed=seed), split, [])
+                  for seed in (0, 1, 2)]
+        dirs.append(write_sweep(tmp_path / f"steps{steps}", trials,
+                                fixed={"optimizer.total_steps": steps}))
+    result = compare.build_report(dirs, str(tmp_path / "out"), n_resamples=50)
+    assert [(s["name"], len(s["runs"])) for s in result["settings"]] == [
+        ("optimizer.total_steps=100", 3), ("optimizer.total_steps=200", 3)]
 
 
 def test_identical_settings_paired_difference_is_exactly_zero(lr_sweep):
@@ -203,8 +218,9 @@ def test_plain_runs_grouping_naming_warnings_and_fallback(tmp_path):
     paired = result["paired"]["test_head"]
     assert paired[names[1]]["skipped"].startswith("different data settings")
     assert paired[names[0]]["skipped"] == "no per-example predictions on one side"
-    markdown = compare.render_markdown(result)
-    assert "55.8 [" not in markdown and f"{100 * 17 / 24:.1f}†" in markdown
+    markdown = compare.render_markdown(result, image_dir="runs/x")
+    assert f"| {100 * 17 / 24:.1f}† |" in markdown  # grpo: eval.json's aggregate
+    assert "![macro-F1 per split](runs/x/plots/compare_macro_f1.png)" in markdown
 
 
 def test_learning_curves_band(lr_sweep):

@@ -74,3 +74,22 @@ def test_speed_at_the_issue_scale():
     resampling.setting_bootstrap(data, 2000, np.random.default_rng(0))
     resampling.paired_bootstrap(data, data, 2000, np.random.default_rng(0))
     assert time.perf_counter() - start < 3.0
+
+
+def test_hand_computed_seed_level_interval():
+    """One example per gold label: every stratified draw is the split itself, so only the
+    seeds vary. Seed A is all right (accuracy 1, macro-F1 1), seed B says L4 everywhere
+    (accuracy 1/4; F1 L4 = 2 (1/4)(1) / (5/4) = 2/5, the rest 0: macro-F1 1/10). A resample's
+    mean is A, B or their average (chances 1/4, 1/4, 1/2), so the 95 % interval is [B, A]."""
+    labels = np.arange(4)
+    data = resampling.SplitData(list(range(4)), labels, np.stack([labels, np.zeros(4, int)]))
+    cells = resampling.setting_bootstrap(data, 2000, np.random.default_rng(0))
+    assert cells["accuracy"]["per_seed"] == [1.0, 0.25]
+    assert (cells["accuracy"]["mean"], cells["accuracy"]["lo"], cells["accuracy"]["hi"]) == (
+        0.625, 0.25, 1.0)
+    assert cells["macro_f1"]["mean"] == pytest.approx(0.55)
+    assert (cells["macro_f1"]["lo"], cells["macro_f1"]["hi"]) == pytest.approx((0.1, 1.0))
+    # The examples cannot vary either, so A - B is the same in every resample.
+    a, b = data.take(data.ids, [0]), data.take(data.ids, [1])
+    diff = resampling.paired_bootstrap(a, b, 500, np.random.default_rng(0))["accuracy"]
+    assert (diff["diff"], diff["lo"], diff["hi"]) == (0.75, 0.75, 0.75)

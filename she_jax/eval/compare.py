@@ -6,8 +6,8 @@ r"""The cross-run report: settings compared across seeds, with bootstrap interva
 Inputs: run directories (config.json + eval.json, and predictions.jsonl / metrics.jsonl where
 present), sweep directories (sweep.json: `trials`, each with its `overrides` and `workdir`) or
 any folder whose subdirectories are run directories. Runs that differ only in their seeds
-(`seed`, `data_seed`, `prerequisite_seed`) are one *setting*: for a sweep trial its
-overrides minus those keys, for a plain run its flattened config.json minus those keys and
+(`seed`, `data_seed`, `prerequisite_seed`) are one *setting*: for a sweep trial its command
+line (the sweep's config file and fixed overrides, then the trial's overrides) minus those keys, for a plain run its flattened config.json minus those keys and
 the paths filled in from prerequisites (`init_dir`, the keys `config.prerequisites` names,
 any `*_dir` holding a run). A setting is named by the keys that tell it apart
 (`optimizer.lr=1e-05`), prefixed by `config.name` when the runs come from several configs
@@ -211,11 +211,23 @@ def _resolve_trial_dir(sweep_file: str, workdir: str) -> str:
 
 
 def read_sweep(sweep_file: str) -> list[dict[str, Any]]:
-    """[{'workdir', 'overrides', 'status'}] of a sweep.json (a 'trials' list or a bare list)."""
+    """[{'workdir', 'overrides', 'status'}] of a sweep.json (a 'trials' list or a bare list).
+
+    A trial's overrides are what its command line sets: the sweep's `config` file (with its
+    variant; key 'config') and `fixed` overrides, then the trial's own.
+    """
     data = _read_json(sweep_file)
     trials = data.get("trials") if isinstance(data, Mapping) else data
     if not isinstance(trials, list):
         raise ValueError(f"{sweep_file}: expected a 'trials' list")
+    common: dict[str, Any] = {}
+    if isinstance(data, Mapping):
+        if data.get("config") is not None:
+            common["config"] = data["config"]
+        fixed = data.get("fixed") or {}
+        if not isinstance(fixed, Mapping):
+            raise ValueError(f"{sweep_file}: 'fixed' is not an object")
+        common.update(fixed)
     out = []
     for i, trial in enumerate(trials):
         if not isinstance(trial, Mapping) or not isinstance(trial.get("workdir"), str):
@@ -224,7 +236,7 @@ def read_sweep(sweep_file: str) -> list[dict[str, Any]]:
         if not isinstance(overrides, Mapping):
             raise ValueError(f"{sweep_file}: trials[{i}].overrides is not an object")
         out.append({"workdir": _resolve_trial_dir(sweep_file, trial["workdir"]),
-                    "overrides": dict(overrides), "status": trial.get("status")})
+                    "overrides": {**common, **overrides}, "status": trial.get("status")})
     return out
 
 
@@ -444,7 +456,7 @@ def _paired_entry(a_runs: Sequence[Run], b_runs: Sequence[Run], a: SplitData, b:
     ids = sorted(common, key=_id_order)
     a_seeds = [run.seed_value for run in a_runs]
     b_seeds = [run.seed_value for run in b_runs]
-    matched = sorted(set(a_seeds) & set(b_seeds), key=lambda s: _canonical(s))
+    matched = sorted(set(a_seeds) & set(b_seeds), key=lambda s: tuple(map(_id_order, s)))
     unique = len(set(a_seeds)) == len(a_seeds) and len(set(b_seeds)) == len(b_seeds)
     if matched and unique:
         rows_a = [a_seeds.index(s) for s in matched]
@@ -512,8 +524,9 @@ def build_report(paths: Sequence[str], out_dir: str | None = None, *,
         DEFAULT_CURVE_KEYS that some run logged).
 
     Returns:
-      the report.json dict: {'format_version', 'method', 'inputs', 'settings', 'baseline',
-      'splits': {split: {setting: {'n_seeds', 'seeds', 'n_examples', 'metrics': {metric:
+      the report.json dict: {'format_version', 'method', 'inputs', 'settings': [{'name',
+      'config_name', 'distinct': {key: value}, 'runs': [{'workdir', 'seed'}]}], 'seed_keys',
+      'baseline', 'splits': {split: {setting: {'n_seeds', 'seeds', 'n_examples', 'metrics': {metric:
       {'mean', 'lo', 'hi', 'per_seed', 'source'}}, 'pred_share', 'gold_share', 'notes'}}},
       'paired': {split: {setting: {'vs', 'n_examples', 'seeds', 'metrics': {metric: {'diff',
       'lo', 'hi'}}} | {'vs', 'skipped'}}}, 'curves': {key: {setting: {'step', 'mean', 'min',
@@ -891,9 +904,10 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(result: Mapping) -> str:
-    """A report dict (build_report's return value, or report.json) as markdown; images are
-    referenced by their paths relative to the report's directory."""
+def render_markdown(result: Mapping, image_dir: str | None = None) -> str:
+    """A report dict (build_report's return value, or report.json) as markdown. Images are
+    referenced relative to the report's directory, or under `image_dir` (e.g. the report's
+    directory as seen from a notebook)."""
     lines: list[str] = []
     for block in report_blocks(result):
         kind = block[0]
@@ -911,7 +925,8 @@ def render_markdown(result: Mapping) -> str:
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
             lines.append("")
         elif kind == "img":
-            lines += [f"![{block[1]}]({block[2]})", ""]
+            path = block[2] if image_dir is None else os.path.join(image_dir, block[2])
+            lines += [f"![{block[1]}]({path})", ""]
     return "\n".join(lines)
 
 
