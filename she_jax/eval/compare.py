@@ -7,9 +7,10 @@ Inputs: run directories (config.json + eval.json, and predictions.jsonl / metric
 present), sweep directories (sweep.json: `trials`, each with its `overrides` and `workdir`) or
 any folder whose subdirectories are run directories. Runs that differ only in their seeds
 (`seed`, `data_seed`, `prerequisite_seed`) are one *setting*: for a sweep trial its command
-line (the sweep's config file and fixed overrides, then the trial's overrides) minus those keys, for a plain run its flattened config.json minus those keys and
-the paths filled in from prerequisites (`init_dir`, the keys `config.prerequisites` names,
-any `*_dir` holding a run). A setting is named by the keys that tell it apart
+line (the sweep's config file and fixed overrides, then the trial's overrides) minus those
+keys, for a plain run its flattened config.json minus those keys and the paths filled in
+from prerequisites (`init_dir`, the keys `config.prerequisites` names, any `*_dir` holding a
+run). A setting is named by the keys that tell it apart
 (`optimizer.lr=1e-05`), prefixed by `config.name` when the runs come from several configs
 (`grpo`, `srpo_stage3 rl.loss.kl_beta=0`). A world seed (`data.world_overrides.seed`) is
 part of a setting, and settings with other data are never paired.
