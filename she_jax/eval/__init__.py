@@ -6,6 +6,9 @@
   metrics, a β sweep, tier-level GSB.
 - `she_jax.eval.report`: one split's eval.json entry from arrays, the eval.json file format,
   text / markdown tables and PNG plots.
+- `she_jax.eval.compare`: the cross-run report (`python -m she_jax.eval.compare DIR ...`):
+  settings across seeds with bootstrap intervals, paired differences, learning curves.
+- `she_jax.eval.resampling`: its bootstrap (seeds x examples, stratified by gold label).
 
 All of it is numpy (plus matplotlib for the plots, imported only when plotting), so this
 package imports without jax.
