@@ -507,6 +507,78 @@ def _pick_baseline(settings: Sequence[Setting], baseline: str | None) -> Setting
     return settings[names.index("sft")] if "sft" in names else settings[0]
 
 
+def _seed_warnings(settings: Sequence[Setting]) -> list[str]:
+    warnings = []
+    for setting in settings:
+        if len(setting.runs) < MIN_SEEDS:
+            warnings.append(f"setting {setting.name!r} has {len(setting.runs)} seed(s) "
+                            f"(< {MIN_SEEDS}): its interval leaves out most of the "
+                            "seed-to-seed variation")
+        values = [r.seed_value for r in setting.runs]
+        if len(set(values)) < len(values):
+            warnings.append(f"setting {setting.name!r} has several runs with the same seeds "
+                            f"({', '.join(r.seed_label for r in setting.runs)}): paired "
+                            "differences use each side's mean over its runs")
+    return warnings
+
+
+def _split_section(split: str, settings: Sequence[Setting], base: Setting,
+                   predictions: Mapping[str, Any], n_resamples: int, seed: int
+                   ) -> tuple[dict[str, dict], dict[str, dict]]:
+    """One split's ({setting: entry}, {setting: paired difference vs base}) (build_report)."""
+    entries, data_of, runs_of = {}, {}, {}
+    draws: dict[str, np.ndarray] = {}
+
+    def example_counts(ids: Sequence[Any], labels: np.ndarray) -> np.ndarray:
+        # One stratified draw per example set of the split, shared by the settings and pairs
+        # evaluated on it: drawing is most of the cost, and a shared draw keeps the report
+        # independent of which other settings are in it.
+        key = _canonical(ids)
+        if key not in draws:
+            draws[key] = stratified_counts(labels, n_resamples, _rng(seed, split, key)
+                                           ).astype(np.float32)
+        return draws[key]
+
+    for setting in settings:
+        split_runs = [r for r in setting.runs if split in r.eval["splits"]]
+        if not split_runs:
+            continue
+        runs_of[setting.name] = split_runs
+        data, notes = split_data(split_runs, split, predictions)
+        cells = _aggregate_cells(split_runs, split, METRICS)
+        if data is not None:
+            cells.update(setting_bootstrap(data, n_resamples, _rng(seed, split, setting.name),
+                                           example_counts(data.ids, data.label)))
+            data_of[setting.name] = data
+        else:
+            notes.append("no intervals: every metric from eval.json")
+        pred_share, gold_share = _label_mix(split_runs, split)
+        entries[setting.name] = {
+            "n_seeds": len(split_runs),
+            "seeds": [r.seed_label for r in split_runs],
+            "n_examples": (len(data.ids) if data is not None else
+                           int(split_runs[0].eval["splits"][split]["n"])),
+            "metrics": {name: cells[name] for name in METRICS},
+            "pred_share": pred_share, "gold_share": gold_share, "notes": notes}
+    paired: dict[str, dict] = {}
+    if base.name not in entries:
+        return entries, paired
+    for setting in settings:
+        if setting is base or setting.name not in entries:
+            continue
+        entry: dict[str, Any] = {"vs": base.name}
+        if _data_identity(setting) != _data_identity(base):
+            entry["skipped"] = "different data settings: not the same examples"
+        elif setting.name not in data_of or base.name not in data_of:
+            entry["skipped"] = "no per-example predictions on one side"
+        else:
+            entry.update(_paired_entry(runs_of[setting.name], runs_of[base.name],
+                                       data_of[setting.name], data_of[base.name],
+                                       example_counts))
+        paired[setting.name] = entry
+    return entries, paired
+
+
 def build_report(paths: Sequence[str], out_dir: str | None = None, *,
                  baseline: str | None = None, splits: Sequence[str] | None = None,
                  n_resamples: int = 2000, seed: int = 0,
@@ -553,71 +625,13 @@ def build_report(paths: Sequence[str], out_dir: str | None = None, *,
     logging.info("compare: %d runs, %d settings, %d splits", len(runs), len(settings),
                  len(available))
 
-    for setting in settings:
-        if len(setting.runs) < MIN_SEEDS:
-            warnings.append(f"setting {setting.name!r} has {len(setting.runs)} seed(s) "
-                            f"(< {MIN_SEEDS}): its interval hardly covers seed-to-seed "
-                            "variation")
-        values = [r.seed_value for r in setting.runs]
-        if len(set(values)) < len(values):
-            warnings.append(f"setting {setting.name!r} has several runs with the same seeds "
-                            f"({', '.join(r.seed_label for r in setting.runs)}): paired "
-                            "differences use each side's mean over its runs")
+    warnings += _seed_warnings(settings)
     split_entries: dict[str, dict] = {}
     paired: dict[str, dict] = {}
     for split in available:
         split_start = time.perf_counter()
-        entries, data_of, runs_of = {}, {}, {}
-        draws: dict[str, np.ndarray] = {}
-
-        def example_counts(ids: Sequence[Any], labels: np.ndarray) -> np.ndarray:
-            # One stratified draw per example set of the split, shared by the settings and
-            # pairs evaluated on it: drawing is most of the cost, and a shared draw keeps the
-            # report independent of which other settings are in it.
-            key = _canonical(ids)
-            if key not in draws:
-                draws[key] = stratified_counts(labels, n_resamples, _rng(seed, split, key)
-                                               ).astype(np.float32)
-            return draws[key]
-
-        for setting in settings:
-            split_runs = [r for r in setting.runs if split in r.eval["splits"]]
-            if not split_runs:
-                continue
-            runs_of[setting.name] = split_runs
-            data, notes = split_data(split_runs, split, predictions)
-            cells = _aggregate_cells(split_runs, split, METRICS)
-            if data is not None:
-                cells.update(setting_bootstrap(
-                    data, n_resamples, _rng(seed, split, setting.name),
-                    example_counts(data.ids, data.label)))
-                data_of[setting.name] = data
-            else:
-                notes.append("no intervals: every metric from eval.json")
-            pred_share, gold_share = _label_mix(split_runs, split)
-            entries[setting.name] = {
-                "n_seeds": len(split_runs),
-                "seeds": [r.seed_label for r in split_runs],
-                "n_examples": (len(data.ids) if data is not None else
-                               int(split_runs[0].eval["splits"][split]["n"])),
-                "metrics": {name: cells[name] for name in METRICS},
-                "pred_share": pred_share, "gold_share": gold_share, "notes": notes}
-        split_entries[split] = entries
-        paired[split] = {}
-        if base.name in entries:
-            for setting in settings:
-                if setting is base or setting.name not in entries:
-                    continue
-                entry: dict[str, Any] = {"vs": base.name}
-                if _data_identity(setting) != _data_identity(base):
-                    entry["skipped"] = "different data settings: not the same examples"
-                elif setting.name not in data_of or base.name not in data_of:
-                    entry["skipped"] = "no per-example predictions on one side"
-                else:
-                    entry.update(_paired_entry(runs_of[setting.name], runs_of[base.name],
-                                               data_of[setting.name],
-                                               data_of[base.name], example_counts))
-                paired[split][setting.name] = entry
+        split_entries[split], paired[split] = _split_section(
+            split, settings, base, predictions, n_resamples, seed)
         logging.info("compare: %s done (%.1f s)", split, time.perf_counter() - split_start)
 
     curves = learning_curves(settings, metrics_keys)
