@@ -1,0 +1,1 @@
+"""Launchers around `python -m experiments.run`: flag sweeps (`python -m launch.sweep`)."""
