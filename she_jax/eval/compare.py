@@ -956,7 +956,9 @@ def render_html(result: Mapping, out_dir: str) -> str:
     it references nothing outside itself."""
     parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
              "<title>Cross-run report</title>", f"<style>{_CSS}</style></head><body>"]
-    esc = html.escape
+    def esc(text: str) -> str:  # escaped, with markdown's `code` spans as <code>
+        return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
     for block in report_blocks(result):
         kind = block[0]
         if kind == "h":
