@@ -15,7 +15,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from she_jax.models import attention
+from she_jax.models import attention, precision
 from she_jax.models.transformer import (
     ModelConfig,
     Params,
@@ -158,7 +158,7 @@ def decode_step_impl(config: ModelConfig, params: Params, tokens: jax.Array, ste
     hidden, kept = _module(config).apply(params, tokens, rope, attends)
     if kernel is None:
         kernel = output_kernel(config, params)
-    logits = jnp.einsum("bge,ev->bgv", hidden, kernel, preferred_element_type=jnp.float32)
+    logits = precision.einsum("bge,ev->bgv", hidden, kernel, config.compute_dtype)
     new_cache = cache.replace(k=tuple(k for k, _ in kept), v=tuple(v for _, v in kept))
     return logits, new_cache
 

@@ -2,9 +2,15 @@
 
 One module covers the three families: RMSNorm, rotary embeddings (HF "rotate_half"
 convention), grouped-query attention, SwiGLU MLP, optional q/k/v bias (Qwen2), optional
-per-head q/k RMSNorm (Qwen3), tied or untied embeddings. Params are always float32;
-`ModelConfig.dtype` is the compute dtype. RMSNorm statistics, attention softmax and logits
-are float32 in either case.
+per-head q/k RMSNorm (Qwen3), tied or untied embeddings.
+
+Precision. Params are always float32; `ModelConfig.dtype` is the compute dtype of the
+matmuls. Every dot (q/k/v/o and MLP projections, attention scores and values, the
+vocabulary projection) goes through `precision.einsum`: operands in the compute dtype,
+accumulation and result float32, gradients likewise. Everything else is float32: the
+residual stream, RMSNorm, RoPE, softmax, logits. So `dtype='bfloat16'` changes only what
+the matmuls read; the one other bfloat16 value is the attention's q/k/v (and with it the
+KV caches of decoding), cast once after RoPE since every use of them is a matmul.
 
 Shapes: B batch, T (or P) sequence length, E hidden size, H query heads, KVH key/value heads,
 R = H // KVH query heads per kv head, D head dim, M MLP dim, V vocab, L layers, G samples per
@@ -33,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from she_jax.models import attention
+from she_jax.models import attention, precision
 
 Params = Mapping[str, Any]
 
@@ -179,7 +185,9 @@ class RMSNorm(nn.Module):
 class Projection(nn.Module):
     """`einsum(equation, x, kernel) + bias`: a Linear whose kernel keeps heads as separate axes.
 
-    The bias (if `bias_axes`) has the kernel's trailing `len(bias_axes)` dims.
+    The einsum reads x and the kernel in `dtype` and returns float32 (`precision.einsum`);
+    the bias (if `bias_axes`; the kernel's trailing `len(bias_axes)` dims) is added in
+    float32.
     """
 
     equation: str
@@ -194,17 +202,20 @@ class Projection(nn.Module):
             "kernel",
             nn.with_logical_partitioning(_initializer("kernel"), self.kernel_axes),
             self.kernel_shape, jnp.float32)
-        y = jnp.einsum(self.equation, x, kernel.astype(self.dtype))
+        y = precision.einsum(self.equation, x, kernel, self.dtype)
         if self.bias_axes is not None:
             bias = self.param("bias",
                               nn.with_logical_partitioning(_initializer("bias"), self.bias_axes),
                               self.kernel_shape[-len(self.bias_axes):], jnp.float32)
-            y = y + bias.astype(self.dtype)
+            y = y + bias
         return y
 
 
 class Embedder(nn.Module):
-    """Token embedding `[V, E]`; also the output projection when embeddings are tied."""
+    """Token embedding `[V, E]`; also the output projection when embeddings are tied.
+
+    `dtype` is the compute dtype of the output projection; the lookup is float32.
+    """
 
     vocab_size: int
     hidden_size: int
@@ -217,13 +228,12 @@ class Embedder(nn.Module):
             (self.vocab_size, self.hidden_size), jnp.float32)
 
     def encode(self, tokens: jax.Array) -> jax.Array:
-        """tokens `[B, T]` -> `[B, T, E]`."""
-        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+        """tokens `[B, T]` -> `[B, T, E]` float32."""
+        return jnp.take(self.embedding, tokens, axis=0)
 
     def decode(self, hidden: jax.Array) -> jax.Array:
         """hidden `[..., E]` -> logits `[..., V]` float32."""
-        return jnp.einsum("...e,ve->...v", hidden, self.embedding.astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+        return precision.einsum("...e,ve->...v", hidden, self.embedding, self.dtype)
 
 
 class Attention(nn.Module):
@@ -254,19 +264,21 @@ class Attention(nn.Module):
 
     def qkv(self, x: jax.Array, cos: jax.Array,
             sin: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """x `[B, T, E]` -> q `[B, T, H, D]`, k and v `[B, T, KVH, D]` (q, k rotated)."""
+        """x `[B, T, E]` -> q `[B, T, H, D]`, k and v `[B, T, KVH, D]` (q, k rotated), in the
+        compute dtype: the attention uses them only as matmul operands."""
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.config.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = nn.with_logical_constraint(apply_rope(q, cos, sin),
+        dtype = self.config.compute_dtype
+        q = nn.with_logical_constraint(apply_rope(q, cos, sin).astype(dtype),
                                        ("batch", "length", "heads", "head_dim"))
-        k = nn.with_logical_constraint(apply_rope(k, cos, sin),
+        k = nn.with_logical_constraint(apply_rope(k, cos, sin).astype(dtype),
                                        ("batch", "length", "kv_heads", "head_dim"))
-        v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
+        v = nn.with_logical_constraint(v.astype(dtype), ("batch", "length", "kv_heads", "head_dim"))
         return q, k, v
 
     def out(self, attended: jax.Array) -> jax.Array:
-        """attended `[B, T, H, D]` -> `[B, T, E]`."""
+        """attended `[B, T, H, D]` -> `[B, T, E]` float32."""
         return self.o_proj(attended)
 
 
@@ -302,7 +314,8 @@ class DecoderLayer(nn.Module):
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
                  attend: AttendFn) -> tuple[jax.Array, Any]:
-        """x `[B, T, E]` -> (`[B, T, E]`, what `attend` kept, e.g. this layer's K/V)."""
+        """x `[B, T, E]` float32 -> (`[B, T, E]` float32, what `attend` kept, e.g. this
+        layer's K/V)."""
         q, k, v = self.attn.qkv(self.input_norm(x), cos, sin)
         attended, kept = attend(q, k, v)
         x = x + self.attn.out(attended)
@@ -327,9 +340,9 @@ class Transformer(nn.Module):
     def __call__(self, tokens: jax.Array, rope: tuple[jax.Array, jax.Array],
                  attends: tuple[AttendFn, ...]) -> tuple[jax.Array, list[Any]]:
         """tokens `[B, T]`, rope (cos, sin) broadcastable to `[B, T, 1, D]` ->
-        (final-normed hidden `[B, T, E]`, what each layer's attend kept)."""
+        (final-normed hidden `[B, T, E]` float32, what each layer's attend kept)."""
         x = nn.with_logical_constraint(self.embed.encode(tokens), ("batch", "length", "embed"))
-        cos, sin = (table.astype(self.config.compute_dtype) for table in rope)
+        cos, sin = rope
         kept = []
         for layer, attend in zip(self.layers, attends, strict=True):
             x, layer_kept = layer(x, cos, sin, attend)
@@ -340,7 +353,7 @@ class Transformer(nn.Module):
         """hidden `[..., E]` -> logits `[..., V]` float32."""
         if self.config.tie_embeddings:
             return self.embed.decode(hidden)
-        return self.lm_head(hidden).astype(jnp.float32)
+        return self.lm_head(hidden)
 
 
 # ------------------------------------------------------------------------------ public API
@@ -427,7 +440,7 @@ def _hidden_states(config: ModelConfig, params: Params, tokens: jax.Array,
 @functools.partial(jax.jit, static_argnames="config")
 def hidden_states(config: ModelConfig, params: Params, tokens: jax.Array,
                   attention_mask: jax.Array | None = None) -> jax.Array:
-    """Final-normed hidden states `[B, T, E]` (compute dtype).
+    """Final-normed hidden states `[B, T, E]` float32.
 
     tokens `[B, T]` int32 (ids must be in [0, V): out-of-range ids are not checked under
     jit); attention_mask `[B, T]` bool, True at real tokens (None: all real). Use with
