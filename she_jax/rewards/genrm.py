@@ -491,11 +491,12 @@ class StepRewardModel:
 
     @classmethod
     def load(cls, run_dir: str, devices: Sequence[jax.Device] | None = None,
-             **kwargs: Any) -> StepRewardModel:
-        """The model a finished genrm run exported (<run_dir>/model and tokenizer/)."""
+             dtype: str | None = None, **kwargs: Any) -> StepRewardModel:
+        """The model a finished genrm run exported (<run_dir>/model and tokenizer/), run in
+        compute dtype `dtype` ('float32' | 'bfloat16'; None: float32)."""
         from she_jax import tokenizer as tokenizer_lib
 
-        model_config, params = bootstrap.load_run_model(run_dir)
+        model_config, params = bootstrap.load_run_model(run_dir, dtype)
         tokenizer = tokenizer_lib.load_tokenizer(os.path.join(run_dir, bootstrap.TOKENIZER_DIR))
         return cls(model_config, params, tokenizer, devices, **kwargs)
 

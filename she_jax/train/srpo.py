@@ -54,7 +54,8 @@ def make_srpo_scorer(config: ml_collections.ConfigDict, tokenizer: Any, splits: 
                              "generative reward model: set config.srpo.genrm_dir (or keep "
                              "config.prerequisites['genrm'] so experiments.run builds it)")
         from she_jax.rewards import genrm
-        reward_model = genrm.StepRewardModel.load(config.srpo.genrm_dir)
+        reward_model = genrm.StepRewardModel.load(config.srpo.genrm_dir,
+                                                  dtype=config.model.dtype)
 
     def score(rollouts: rl.Rollouts) -> rl.Scored:
         out = outcome.outcome_rewards(rollouts.parsed, rollouts.records, config.reward)
