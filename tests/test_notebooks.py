@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -124,10 +125,8 @@ def test_notebook_is_stored_without_outputs(path):
     assert nb.metadata.kernelspec.name == "python3"
 
 
-@pytest.fixture(scope="module")
-def quickstart(tmp_path_factory):
-    """The quickstart executed once at the tiny size: (executed nb, probe, seconds, workdir)."""
-    tmp = tmp_path_factory.mktemp("quickstart")
+def run_quickstart(tmp: pathlib.Path) -> tuple[nbformat.NotebookNode, dict, float, str]:
+    """The quickstart executed at the tiny size: (executed nb, probe, seconds, workdir)."""
     workdir = str(tmp / "runs" / "run_seed0")
     params = dict(TINY_QUICKSTART, WORKDIR=workdir, CACHE_DIR=str(tmp / "cache"))
     probe = ('{"workdir": workdir, "probs": probs.tolist(), "tiers": tiers.tolist(), '
@@ -138,8 +137,8 @@ def quickstart(tmp_path_factory):
     return nb, state, seconds, workdir
 
 
-def test_quickstart_trains_evaluates_scores_and_tiers(quickstart):
-    nb, state, seconds, workdir = quickstart
+def check_quickstart(nb: nbformat.NotebookNode, state: dict, workdir: str) -> None:
+    """It trained, plotted, evaluated, decoded, scored and tiered what its cells say."""
     # The install cell did nothing here: she_jax was importable, nothing was cloned.
     assert outputs_of(nb, "SHE_JAX_REPO =") == []
     assert not os.path.exists(os.path.join(os.path.dirname(os.path.dirname(workdir)),
@@ -174,7 +173,6 @@ def test_quickstart_trains_evaluates_scores_and_tiers(quickstart):
     np.testing.assert_array_equal(state["tiers"], deploy.cumpt_tiers(probs, state["beta"]))
     assert state["scored"]["label"] == [LABELS[k] for k in probs.argmax(axis=1)]
     assert state["scored"]["tier"] == [deploy.TIERS[t] for t in state["tiers"]]
-    print(f"quickstart: {seconds:.1f} s", file=sys.stderr)
 
 
 def _rerun(workdir: str, out_dir: str, cache: str, **changes: Any) -> str:
@@ -188,17 +186,14 @@ def _rerun(workdir: str, out_dir: str, cache: str, **changes: Any) -> str:
     return out_dir
 
 
-def test_compare_runs_shows_the_report_of_the_quickstart_runs(quickstart):
+def check_compare_runs(tmp: str, workdir: str) -> float:
     """Three runs: the quickstart's (seed 0), seed 1 of the same config, and 6 updates
-    instead of 12 (seed 0): two settings, one with 2 seeds, and their paired difference."""
-    nb, _, quickstart_seconds, workdir = quickstart
+    instead of 12 (seed 0): two settings, one with 2 seeds, and their paired difference.
+    Returns the notebook's seconds."""
     runs = os.path.dirname(workdir)
-    tmp = os.path.dirname(runs)
     cache = os.path.join(tmp, "cache")
-    start = time.perf_counter()
     _rerun(workdir, os.path.join(runs, "run_seed1"), cache, seed=1)
     _rerun(workdir, os.path.join(runs, "run_6_steps"), cache, **{"optimizer.total_steps": 6})
-    train_seconds = time.perf_counter() - start
     out_dir = os.path.join(tmp, "report")
     params = {"RUN_DIRS": [runs], "OUT_DIR": out_dir, "N_RESAMPLES": 200}
     probe = ('{"report": report, "numbers": numbers.to_dict("records"), '
@@ -228,13 +223,13 @@ def test_compare_runs_shows_the_report_of_the_quickstart_runs(quickstart):
         cell = report["splits"][row["split"]][row["setting"]]["metrics"][row["metric"]]
         if cell["mean"] is not None:
             assert row["mean"] == pytest.approx(cell["mean"])
-    print(f"notebooks: quickstart {quickstart_seconds:.1f} s, two more tiny runs "
-          f"{train_seconds:.1f} s, compare_runs {seconds:.1f} s", file=sys.stderr)
+    return seconds
 
 
-def test_strip_outputs_clears_an_executed_notebook(quickstart, tmp_path):
-    executed = tmp_path / "executed.ipynb"
-    nbformat.write(quickstart[0], str(executed))
+def check_strip_outputs(executed_nb: nbformat.NotebookNode, tmp: pathlib.Path) -> None:
+    """notebooks/strip_outputs.py clears an executed notebook and keeps everything else."""
+    executed = tmp / "executed.ipynb"
+    nbformat.write(executed_nb, str(executed))
     script = os.path.join(NOTEBOOKS, "strip_outputs.py")
     result = subprocess.run([sys.executable, script, str(executed)], capture_output=True,
                             text=True, check=True)
@@ -244,10 +239,23 @@ def test_strip_outputs_clears_an_executed_notebook(quickstart, tmp_path):
     assert all(c.outputs == [] and c.execution_count is None for c in code)
     assert not any("execution" in c.metadata for c in code)
     # Sources, ids and tags are what was executed.
-    assert [c.source for c in nb.cells] == [c.source for c in quickstart[0].cells]
-    assert [c.get("id") for c in nb.cells] == [c.get("id") for c in quickstart[0].cells]
+    assert [c.source for c in nb.cells] == [c.source for c in executed_nb.cells]
+    assert [c.get("id") for c in nb.cells] == [c.get("id") for c in executed_nb.cells]
     parameters_index(nb, str(executed))
     # A clean notebook is left alone.
     again = subprocess.run([sys.executable, script, str(executed)], capture_output=True,
                            text=True, check=True)
     assert "already clean" in again.stdout
+
+
+def test_notebooks_execute_end_to_end(tmp_path):
+    """One test, so that pytest-xdist never trains the quickstart twice: the quickstart
+    (seed 0), then compare_runs over it and two more tiny runs, then strip_outputs."""
+    start = time.perf_counter()
+    nb, state, quickstart_seconds, workdir = run_quickstart(tmp_path)
+    check_quickstart(nb, state, workdir)
+    compare_seconds = check_compare_runs(str(tmp_path), workdir)
+    check_strip_outputs(nb, tmp_path)
+    print(f"notebooks: quickstart {quickstart_seconds:.1f} s, compare_runs "
+          f"{compare_seconds:.1f} s, whole test {time.perf_counter() - start:.1f} s",
+          file=sys.stderr)
