@@ -205,7 +205,7 @@ def test_jsonl_bad_utf8_line_is_a_bad_row_in_both_modes(tmp_path):
     assert result.records[1]["id"] == "bytes.jsonl:3"  # lines still count the bad one
 
 
-def test_jsonl_utf8_text_and_bom_read_as_before(tmp_path):
+def test_jsonl_utf8_text_and_a_bom_are_read(tmp_path):
     row = {"query": "café 电视", "item_title": "Téléviseur 电视机", "label": "L4"}
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(row, ensure_ascii=False).encode() + b"\r\n")

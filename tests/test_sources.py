@@ -254,6 +254,8 @@ def _matches(got, text: str) -> bool:
         expected = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return str(got) == text
+    if isinstance(got, ml_collections.ConfigDict):  # the dict form of a section
+        return got.to_dict() == expected
     if isinstance(got, bool) or isinstance(expected, bool):
         return got is expected
     if isinstance(got, (tuple, list)):
@@ -299,3 +301,15 @@ def test_every_documented_config_flag_parses_as_written(doc, line, words):
         else:
             pytest.fail(f"{doc}:{line}: {' '.join(words)}: {flag_set} is accepted by no "
                         "config:\n" + "\n".join(errors))
+
+
+def test_tfds_source_gets_only_the_set_world_fields(monkeypatch):
+    from she_jax.data import tfds_builder
+
+    calls = []
+    monkeypatch.setattr(tfds_builder, "load_split",
+                        lambda split, world, tfds_dir, overrides: calls.append(overrides) or [])
+    sources.load_splits(parse_flags(SFT_CONFIG, ["--config.data.source=tfds"]).data)
+    sources.load_splits(parse_flags(SFT_CONFIG, ["--config.data.source=tfds",
+                                                 "--config.data.world_overrides.seed=1"]).data)
+    assert calls == [None] * len(SPLITS) + [{"seed": 1}] * len(SPLITS)
