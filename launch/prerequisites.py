@@ -44,7 +44,7 @@ def main(argv: Sequence[str]) -> int:
     # this module (a test calling build_all) must leave alone.
     from experiments.run import quiet_libraries, use_compilation_cache
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     quiet_libraries()
     use_compilation_cache()
     build_all(argv[1])

@@ -282,6 +282,8 @@ class Trial:
 
 @dataclasses.dataclass
 class Sweep:
+    """A planned sweep: config file[:variant], fixed overrides {key: text}, directory, trials;
+    `write()` records it all in <out>/sweep.json."""
     config: str
     fixed: dict[str, str]
     out: str
@@ -325,8 +327,9 @@ def plan_sweep(config_arg: str, out: str, axes: Sequence[tuple[str, Sequence[str
     _config_path(config_arg)
     try:
         load_trial_config(config_arg, [])
-    except (flags.Error, ValueError, TypeError, ImportError) as e:
-        raise SweepError(f"cannot load --config={config_arg}: {e}") from None
+    except Exception as e:  # whatever the config file raises, said before anything runs
+        raise SweepError(f"cannot load --config={config_arg}: {type(e).__name__}: {e}"
+                         ) from None
     if axes:
         keys = [key for key, _ in axes]
         repeated = sorted({key for key in keys if keys.count(key) > 1})
@@ -597,6 +600,9 @@ def _flag_values() -> flags.FlagValues:
 def main(argv: Sequence[str]) -> int:
     """Parses argv (argv[0] is the program name), plans and runs the sweep; the exit status."""
     fv = _flag_values()
+    if any(arg in ("-h", "--help", "-help") for arg in argv[1:]):
+        print(f"{__doc__}\nFlags:\n{fv.get_help()}")
+        return 0
     try:
         rest, fixed = split_fixed_overrides(argv)
         positional = fv(list(rest))

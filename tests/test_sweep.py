@@ -258,7 +258,7 @@ def _calls(fakes):
     return path.read_text().split() if path.exists() else []
 
 
-def test_failed_trial_is_recorded_and_a_rerun_skips_finished_trials(fakes, tmp_path):
+def test_failed_trial_is_recorded_and_a_rerun_skips_finished_trials(fakes, tmp_path, capsys):
     out = tmp_path / "s"
     axes = [("behaviour", ["finish", "fail", "stopped"]), ("seed", ["0", "1"])]
     assert _run(_plan(fakes, out, axes)) == 1  # not every trial finished
@@ -280,6 +280,13 @@ def test_failed_trial_is_recorded_and_a_rerun_skips_finished_trials(fakes, tmp_p
     assert record["report"]["exit_code"] == 0  # the report ran over what finished
     assert (fakes / "report_args").read_text() == str(out)
 
+    # A dry run now lists only what is left to run.
+    assert sweep.main(["sweep", f"--config={fakes / 'fake_config.py'}", f"--out={out}",
+                       "--sweep=behaviour=finish,fail,stopped", "--sweep=seed=0,1",
+                       "--dry_run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [shlex.split(line)[4] for line in lines] == [
+        f"--workdir={out / name}" for name in names[2:]]
     # The same sweep again: finished trials are skipped, failed ones run again.
     (fakes / "calls.txt").unlink()
     assert _run(_plan(fakes, out, axes)) == 1

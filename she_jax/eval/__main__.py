@@ -12,11 +12,12 @@ import json
 import os
 
 from absl import app, flags
-import ml_collections
 import numpy as np
 
+from she_jax import run_dir
+from she_jax.data import sources
 from she_jax.eval import deploy, evaluate, metrics
-from she_jax.train import bootstrap, data_check
+from she_jax.train import data_check
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run directory.", required=True)
 _COMPARE = flags.DEFINE_string("compare", None, "Another run directory for side-by-side GSB.")
@@ -28,19 +29,11 @@ _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Examples per split (
                                      "default: the run's eval.max_examples).")
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: {workdir} is not a she_jax run directory")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
 def reevaluate(workdir: str, beta: float | None = None, splits: list[str] | None = None,
                max_examples: int | None = None) -> dict:
     """Evaluates a finished run again (e.g. fully, when it was built as a prerequisite and
     evaluated on part of dev only); the CoT order is the one its eval.json recorded."""
-    config = load_run_config(workdir)
+    config = run_dir.load_config(workdir)
     if beta is not None:
         config.eval.beta = beta
     if splits:
@@ -49,11 +42,13 @@ def reevaluate(workdir: str, beta: float | None = None, splits: list[str] | None
     if max_examples is not None:
         config.eval.max_examples = max_examples
     order = None
-    if os.path.exists(os.path.join(workdir, "eval.json")):
-        order = bootstrap.run_order(workdir)
-    data = bootstrap.load_data(config)
-    tokenizer = bootstrap.get_tokenizer(config, workdir, data)
-    model_config, params = bootstrap.load_run_model(workdir)
+    if os.path.exists(os.path.join(workdir, run_dir.EVAL_FILE)):
+        order = run_dir.run_order(workdir)
+    # The model first: a tokenizer/ that is not the model's is refused before anything runs.
+    model_config, params = run_dir.load_model(workdir)
+    tokenizer = run_dir.load_tokenizer(workdir)
+    tokenizer.check_model_vocab(model_config.vocab_size)
+    data = sources.load_splits(config.data)
     data = data_check.check_lengths(config, data, tokenizer, model_config.max_seq_len,
                                     training=False)
     return evaluate.evaluate_run(config, workdir, model_config, params, tokenizer, data,
@@ -88,7 +83,7 @@ def main(argv: list[str]) -> None:
         beta = _BETA.value
         if beta is None:
             beta = (eval_dict or {}).get("config", {}).get("eval", {}).get(
-                "beta", load_run_config(workdir).eval.beta)
+                "beta", run_dir.load_config(workdir).eval.beta)
         result = compare_runs(workdir, _COMPARE.value, beta)
         print(f"GSB of {workdir} (A) vs {_COMPARE.value} (B); score = (G - B) / N")
         print(f"{'split':<18}{'n':>6}{'G':>6}{'S':>6}{'B':>6}{'score':>8}{'tier score':>12}")

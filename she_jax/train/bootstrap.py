@@ -1,15 +1,15 @@
 """The pieces every trainer builds first: records, tokenizer, model config and parameters.
 
 Run directories hand their model on in Hugging Face form: a finished run writes
-`<workdir>/model/` (config.json + model.safetensors, via `she_jax.models.hf.save_hf`) and
-`<workdir>/tokenizer/`. A later stage (`config.init_from`) and the standalone evaluator
-load those, and so can transformers, with no she_jax code.
+`<workdir>/tokenizer/` and `<workdir>/model/` (config.json + model.safetensors, the tokenizer
+and its fingerprint: `she_jax.run_dir.export_model`). A later stage (`config.init_from`), the
+standalone evaluator and the scorer load those through `she_jax.run_dir`, and so can
+transformers, with no she_jax code.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any
@@ -17,12 +17,16 @@ from typing import Any
 import jax
 import ml_collections
 
-from she_jax import tokenizer as tokenizer_lib
+from she_jax import run_dir, tokenizer as tokenizer_lib
 from she_jax.data import sources
 from she_jax.models import hf, transformer
 
-MODEL_DIR = "model"
-TOKENIZER_DIR = "tokenizer"
+MODEL_DIR = run_dir.MODEL_DIR
+TOKENIZER_DIR = run_dir.TOKENIZER_DIR
+# Finished runs' artifacts (eval and score import run_dir directly, not this module).
+load_run_model = run_dir.load_model
+export_model = run_dir.export_model
+run_order = run_dir.run_order
 
 
 def model_config_section(preset: str = "tiny") -> ml_collections.ConfigDict:
@@ -68,19 +72,6 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str,
     return tokenizer
 
 
-def load_run_model(run_dir: str, dtype: str | None = None
-                   ) -> tuple[transformer.ModelConfig, Any]:
-    """(ModelConfig, params) exported by a finished run into <run_dir>/model."""
-    path = os.path.join(run_dir, MODEL_DIR)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist: {run_dir} has not finished a run "
-                                "(a finished run exports its model there)")
-    model_config, params = hf.load_hf(path)
-    if dtype:
-        model_config = dataclasses.replace(model_config, dtype=dtype)
-    return model_config, params
-
-
 def init_model(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Tokenizer,
                rng: jax.Array) -> tuple[transformer.ModelConfig, Any]:
     """(ModelConfig, params): from config.model.hf_path, the prerequisite run, or fresh."""
@@ -99,13 +90,6 @@ def init_model(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Token
     return model_config, params
 
 
-def export_model(workdir: str, model_config: transformer.ModelConfig, params: Any) -> str:
-    """Writes the final model to <workdir>/model in Hugging Face form; returns the path."""
-    path = os.path.join(workdir, MODEL_DIR)
-    hf.save_hf(model_config, jax.device_get(params), path)
-    return path
-
-
 def start_run(config: ml_collections.ConfigDict, workdir: str
               ) -> tuple[dict[str, list[dict]], tokenizer_lib.Tokenizer,
                          transformer.ModelConfig, Any]:
@@ -119,6 +103,8 @@ def start_run(config: ml_collections.ConfigDict, workdir: str
     parallel.initialize_distributed(config.distributed)
     splits = load_data(config)
     tokenizer = get_tokenizer(config, workdir, splits)
+    # A resume refuses a tokenizer/ other than the one its checkpoints trained with.
+    run_dir.check_checkpoint_tokenizer(workdir)
     model_config, params = init_model(config, tokenizer, jax.random.PRNGKey(config.seed))
     # Every split the run uses, against its buckets and the model's length, before step 1.
     from she_jax.train import data_check
@@ -165,7 +151,7 @@ def finish_training(config: ml_collections.ConfigDict, workdir: str,
         logging.warning("%s stopped early at step %d; rerun the same command to resume",
                         config.get("trainer", "training"), step)
         return False
-    export_model(workdir, model_config, state.params)
+    export_model(workdir, model_config, jax.device_get(state.params))
     metrics_lib.plot_metrics(workdir)
     return True
 
@@ -173,16 +159,3 @@ def finish_training(config: ml_collections.ConfigDict, workdir: str,
 def load_data(config: ml_collections.ConfigDict) -> dict[str, list[dict]]:
     return sources.load_splits(config.data)
 
-
-def run_order(run_dir: str) -> str:
-    """The CoT order ('think_first' | 'answer_first') a finished policy run was trained with,
-    as its eval.json records it (meta.order)."""
-    path = os.path.join(run_dir, "eval.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a finished run")
-    with open(path) as f:
-        meta = json.load(f).get("meta", {})
-    if meta.get("order") not in ("think_first", "answer_first"):
-        raise ValueError(f"{path}: meta.order is {meta.get('order')!r}; cannot tell the CoT "
-                         "order of the policy in this run")
-    return meta["order"]
