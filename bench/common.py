@@ -7,6 +7,7 @@ during the run, so numbers from different runs can be put side by side.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -14,6 +15,11 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+# What `--precision` may list. 'bfloat16' is she_jax's `ModelConfig.dtype='bfloat16'` (bf16
+# matmul operands, f32 accumulation, f32 params and optimizer state) against PyTorch under
+# `torch.autocast('cpu', dtype=torch.bfloat16)` (f32 params, bf16 matmuls), its peer.
+PRECISIONS = ("float32", "bfloat16")
 
 
 def emit(record: Mapping[str, Any]) -> None:
@@ -58,16 +64,47 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def matmul_gflops(size: int = 512, repeats: int = 20) -> float:
-    """jax float32 matmul throughput on the default device right now, in GFLOP/s.
+def parse_precisions(text: str) -> list[str]:
+    """'float32,bfloat16' -> ['float32', 'bfloat16'] (each of PRECISIONS at most once)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names or any(name not in PRECISIONS for name in names) or len(set(names)) < len(names):
+        raise ValueError(f"--precision must list some of {PRECISIONS} once each, "
+                         f"comma-separated; got {text!r}")
+    return names
+
+
+def peer_autocast(precision: str) -> contextlib.AbstractContextManager:
+    """The context the PyTorch peer computes in at `precision`: nothing for float32,
+    `torch.autocast('cpu', dtype=torch.bfloat16)` for bfloat16."""
+    import torch
+
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def matmul_probe(size: int, precision: str = "float32") -> Callable[[], Any]:
+    """A jitted [size, size] @ [size, size] call, warmed up, that blocks until done: float32,
+    or (bfloat16) bf16 operands with float32 accumulation, as the model's matmuls."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), jnp.float32)
+    if precision == "float32":
+        matmul = jax.jit(lambda x: x @ x)
+    else:
+        a = a.astype(jnp.bfloat16)
+        matmul = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
+    matmul(a).block_until_ready()
+    return lambda: matmul(a).block_until_ready()
+
+
+def matmul_gflops(size: int = 512, repeats: int = 20, precision: str = "float32") -> float:
+    """jax matmul throughput on the default device right now, in GFLOP/s (`matmul_probe`).
 
     A [size, size] @ [size, size] product, best of `repeats` after one warm-up call.
     """
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((size, size), jnp.float32)
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    best = min(timed(lambda: matmul(a).block_until_ready()) for _ in range(repeats))
+    matmul = matmul_probe(size, precision)
+    best = min(timed(matmul) for _ in range(repeats))
     return 2 * size**3 / best / 1e9

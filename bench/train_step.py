@@ -1,12 +1,18 @@
 r"""One causal-LM training step: she_jax (jit) vs transformers + PyTorch (eager), tokens/s.
 
     python -m bench.train_step [--configs=tiny,small] [--repeats=3] [--loss=chunked|full]
-                               [--batch=64]
+                               [--batch=64] [--precision=float32,bfloat16]
 
 Both sides train the same weights (ours exported with `she_jax.models.hf.save_hf`, loaded
 with `AutoModelForCausalLM.from_pretrained`) on the same batch: 64 sequences x 256 tokens,
 next-token cross-entropy averaged over the 64 x 255 predicted tokens, AdamW (lr 1e-4,
-betas (0.9, 0.999), eps 1e-8, weight decay 0.01), float32 throughout.
+betas (0.9, 0.999), eps 1e-8, weight decay 0.01), at each precision of `--precision`
+(default both), each against the peer at the same precision:
+  * float32: float32 throughout on both sides;
+  * bfloat16: ours `ModelConfig(dtype='bfloat16')` (every matmul bf16 x bf16 with float32
+    accumulation, forward and backward; params, gradients and AdamW state float32); the
+    peer's forward under `torch.autocast('cpu', dtype=torch.bfloat16)` (float32 params,
+    bf16 matmuls), backward and optimizer outside it, as PyTorch recommends.
   * ours: one `jax.jit` step with the train state (params, optimizer state) donated; the
     model is `she_jax.models.hidden_states` + `logits_from_hidden`; optax.adamw.
   * peer: `model(input_ids, labels=input_ids).loss.backward()`, `torch.optim.AdamW.step()`,
@@ -14,9 +20,11 @@ betas (0.9, 0.999), eps 1e-8, weight decay 0.01), float32 throughout.
     torch.set_num_threads(cores), i.e. what a transformers user runs. torch.compile is not
     used: it is not a transformers training default, and on CPU it needs a C++ toolchain
     and minutes of compilation.
-Each side runs once untimed (our compile; both first-call costs are reported), the two
-first-step losses are checked to agree (same model, same batch), then ours, the peer and a
-2048^3 float32 matmul probe alternate `--repeats` times and medians are reported.
+Each contender runs once untimed (our compile; both first-call costs are reported), the
+first-step losses are checked to agree at each precision (same model, same batch), then all
+contenders (ours and the peer at every precision, and a 2048^3 matmul probe per precision:
+float32, and bf16 operands with float32 accumulation) alternate `--repeats` times and
+medians are reported.
 
 `--loss=chunked` (default) computes the loss and its gradient w.r.t. the output layer in
 token chunks inside the forward pass (`chunked_cross_entropy`), so float32 [B, T, V]
@@ -27,22 +35,26 @@ N counts every weight that enters a matmul (all params, less the input embedding
 it is not tied to the output layer; norm scales and biases are included, a <0.1% excess),
 6 = 2 (multiply-add) x 3 (forward, two backward matmuls); the second term is the attention
 score and value matmuls, QK^T and PV, over the full T x T square (causal masking is not
-skipped). `mfu_fraction` = achieved FLOP/s / the matmul probe's median FLOP/s.
+skipped). `mfu_fraction` = achieved FLOP/s / the median FLOP/s of the matmul probe at the
+same precision.
 
-Prints one JSON line per config: bench, config, ours, peer, unit ('tokens/s'), ratio (ours /
-peer, > 1 is better), mfu_fraction, and the timings behind them.
-Expected runtime on 2 (shared) CPU cores with the defaults: about 2 minutes for tiny and
-12-15 for small, where one step takes 70-110 s on each side; `--batch=16` is ~4x quicker.
+Prints one JSON line per (config, precision): bench, config, precision, ours, peer, unit
+('tokens/s'), ratio (ours / peer, > 1 is better), mfu_fraction, the timings behind them,
+and, on bfloat16 lines when float32 also ran, each side's speed-up over its float32 step.
+Expected runtime on 2 (shared) CPU cores with the defaults, per precision: about 2 minutes
+for tiny and 12-15 for small, where one step takes 70-110 s on each side; `--batch=16` is
+~4x quicker.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -62,6 +74,10 @@ WEIGHT_DECAY = 0.01
 MATMUL_SIZE = 2048
 # Tokens per loss chunk: [1024, V] float32 logits are 16 MiB (tiny) / 32 MiB (small).
 LOSS_CHUNK = 1024
+# First-step losses of the two sides must agree this closely (relative), per precision:
+# bf16 rounds differently in XLA and in autocast (which also keeps some ops, e.g. the
+# attention softmax, in its own choice of dtype).
+LOSS_AGREEMENT = {"float32": 1e-4, "bfloat16": 1e-2}
 
 
 def train_flops(config: transformer.ModelConfig, batch: int, seq_len: int) -> float:
@@ -176,19 +192,20 @@ def _ours(config, params, tokens: np.ndarray, chunk: int | None) -> Callable[[],
     return run
 
 
-def _peer(config, params, tokens: np.ndarray, workdir: str) -> Callable[[], float]:
+def _peer(model_dir: str, tokens: np.ndarray, precision: str) -> Callable[[], float]:
+    """The peer's step on its own copy of the float32 model in `model_dir`."""
     import torch
     import transformers
 
-    hf.save_hf(config, params, workdir)
-    model = transformers.AutoModelForCausalLM.from_pretrained(workdir, dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, betas=BETAS,
                                   eps=ADAM_EPS, weight_decay=WEIGHT_DECAY)
     input_ids = torch.as_tensor(tokens, dtype=torch.long)
 
     def run() -> float:
-        loss = model(input_ids=input_ids, labels=input_ids).loss
+        with common.peer_autocast(precision):
+            loss = model(input_ids=input_ids, labels=input_ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -197,69 +214,90 @@ def _peer(config, params, tokens: np.ndarray, workdir: str) -> Callable[[], floa
     return run
 
 
-def _matmul_probe() -> tuple[Callable[[], Any], float]:
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((MATMUL_SIZE, MATMUL_SIZE)),
-                    jnp.float32)
-    matmul = jax.jit(lambda x: x @ x)
-    matmul(a).block_until_ready()
-    return lambda: matmul(a).block_until_ready(), 2.0 * MATMUL_SIZE**3
-
-
-def bench_config(name: str, repeats: int, loss: str, batch: int) -> None:
+def _peer_name(precision: str) -> str:
     import torch
     import transformers
 
-    config = transformer.ModelConfig.preset(name)
-    params = transformer.init_params(config, jax.random.key(0))
-    tokens = np.random.default_rng(0).integers(0, config.vocab_size, (batch, SEQ_LEN),
-                                               dtype=np.int32)
-    with tempfile.TemporaryDirectory() as workdir:
-        peer = _peer(config, params, tokens, workdir)
-    ours = _ours(config, params, tokens, LOSS_CHUNK if loss == "chunked" else None)
-    del params  # donated to our first step
+    compute = ("float32" if precision == "float32"
+               else "torch.autocast('cpu', bfloat16) forward, float32 params")
+    return (f"transformers {transformers.__version__} + torch {torch.__version__} eager CPU "
+            f"{compute}, torch.optim.AdamW")
 
-    common.log(f"[{name}] first steps (ours compiles)")
+
+def bench_config(name: str, repeats: int, loss: str, batch: int,
+                 precisions: Sequence[str] = common.PRECISIONS) -> list[dict]:
+    """Times ours and the peer at each precision, all interleaved; emits and returns one
+    record per precision."""
+    import torch
+
+    base = transformer.ModelConfig.preset(name)
+    params = transformer.init_params(base, jax.random.key(0))
+    tokens = np.random.default_rng(0).integers(0, base.vocab_size, (batch, SEQ_LEN),
+                                               dtype=np.int32)
+    chunk = LOSS_CHUNK if loss == "chunked" else None
+    contenders: dict[str, Callable[[], Any]] = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        hf.save_hf(base, params, workdir)
+        for precision in precisions:
+            contenders[f"ours_{precision}"] = _ours(
+                dataclasses.replace(base, dtype=precision), jax.tree.map(jnp.copy, params),
+                tokens, chunk)  # each of our steps donates its own copy
+            contenders[f"peer_{precision}"] = _peer(workdir, tokens, precision)
+    del params
+
     first_call, first_loss = {}, {}
-    for key, run in (("ours", ours), ("peer", peer)):
+    for key, run in contenders.items():
+        common.log(f"[{name}] first step {key}" + (" (compiles)" if key[:4] == "ours" else ""))
         start = time.perf_counter()
         first_loss[key] = run()
         first_call[key] = time.perf_counter() - start
-    loss_diff = abs(first_loss["ours"] - first_loss["peer"])
-    if not loss_diff <= 1e-4 * abs(first_loss["peer"]):
-        raise RuntimeError(f"first-step losses differ: ours {first_loss['ours']}, peer "
-                           f"{first_loss['peer']}: not the same model or batch")
-    matmul, matmul_flops = _matmul_probe()
-    common.log(f"[{name}] timing {repeats} interleaved repeats")
-    times = common.interleaved_times({"ours": ours, "peer": peer, "matmul": matmul}, repeats)
+    for precision in precisions:
+        ours, peer = first_loss[f"ours_{precision}"], first_loss[f"peer_{precision}"]
+        if not abs(ours - peer) <= LOSS_AGREEMENT[precision] * abs(peer):
+            raise RuntimeError(f"{precision} first-step losses differ: ours {ours}, peer "
+                               f"{peer}: not the same model or batch")
+        contenders[f"matmul_{precision}"] = common.matmul_probe(MATMUL_SIZE, precision)
+    common.log(f"[{name}] timing {repeats} interleaved repeats of {list(contenders)}")
+    times = common.interleaved_times(contenders, repeats)
     median = {key: common.median(t) for key, t in times.items()}
     tokens_per_step = batch * SEQ_LEN
-    flops = train_flops(config, batch, SEQ_LEN)
-    matmul_rate = matmul_flops / median["matmul"]
-    ours_rate, peer_rate = tokens_per_step / median["ours"], tokens_per_step / median["peer"]
-    common.emit({
-        "bench": "train_step", "config": name, "ours": round(ours_rate, 1),
-        "peer": round(peer_rate, 1), "unit": "tokens/s", "ratio": round(ours_rate / peer_rate, 3),
-        "mfu_fraction": round(flops / median["ours"] / matmul_rate, 3),
-        "peer_mfu_fraction": round(flops / median["peer"] / matmul_rate, 3),
-        "ours_gflops": round(flops / median["ours"] / 1e9, 1),
-        "matmul_gflops": round(matmul_rate / 1e9, 1),
-        "flops_per_step": flops,
-        "peer_name": f"transformers {transformers.__version__} + torch {torch.__version__} "
-                     f"eager CPU float32, torch.optim.AdamW",
-        "ours_median_s": round(median["ours"], 3), "peer_median_s": round(median["peer"], 3),
-        "ours_times_s": [round(t, 3) for t in times["ours"]],
-        "peer_times_s": [round(t, 3) for t in times["peer"]],
-        "matmul_times_s": [round(t, 4) for t in times["matmul"]],
-        "ours_compile_s": round(first_call["ours"] - median["ours"], 1),
-        "peer_first_call_s": round(first_call["peer"], 1),
-        "first_loss_ours": first_loss["ours"], "first_loss_peer": first_loss["peer"],
-        "loss": loss, "loss_chunk": LOSS_CHUNK if loss == "chunked" else None,
-        "batch": batch, "seq_len": SEQ_LEN, "repeats": repeats,
-        "torch_threads": torch.get_num_threads(), "cpu_count": common.cpu_count(),
-    })
+    flops = train_flops(base, batch, SEQ_LEN)
+    records = []
+    for precision in precisions:
+        ours_s, peer_s = median[f"ours_{precision}"], median[f"peer_{precision}"]
+        matmul_rate = 2.0 * MATMUL_SIZE**3 / median[f"matmul_{precision}"]
+        record = {
+            "bench": "train_step", "config": name, "precision": precision,
+            "ours": round(tokens_per_step / ours_s, 1),
+            "peer": round(tokens_per_step / peer_s, 1), "unit": "tokens/s",
+            "ratio": round(peer_s / ours_s, 3),
+            "mfu_fraction": round(flops / ours_s / matmul_rate, 3),
+            "peer_mfu_fraction": round(flops / peer_s / matmul_rate, 3),
+            "ours_gflops": round(flops / ours_s / 1e9, 1),
+            "matmul_gflops": round(matmul_rate / 1e9, 1),
+            "flops_per_step": flops,
+            "peer_name": _peer_name(precision),
+            "ours_median_s": round(ours_s, 3), "peer_median_s": round(peer_s, 3),
+            "ours_times_s": [round(t, 3) for t in times[f"ours_{precision}"]],
+            "peer_times_s": [round(t, 3) for t in times[f"peer_{precision}"]],
+            "matmul_times_s": [round(t, 4) for t in times[f"matmul_{precision}"]],
+            "ours_compile_s": round(first_call[f"ours_{precision}"] - ours_s, 1),
+            "peer_first_call_s": round(first_call[f"peer_{precision}"], 1),
+            "first_loss_ours": first_loss[f"ours_{precision}"],
+            "first_loss_peer": first_loss[f"peer_{precision}"],
+            "loss": loss, "loss_chunk": chunk,
+            "batch": batch, "seq_len": SEQ_LEN, "repeats": repeats,
+            "torch_threads": torch.get_num_threads(), "cpu_count": common.cpu_count(),
+        }
+        if precision != "float32" and "float32" in precisions:
+            record["ours_speedup_vs_float32"] = round(median["ours_float32"] / ours_s, 3)
+            record["peer_speedup_vs_float32"] = round(median["peer_float32"] / peer_s, 3)
+        common.emit(record)
+        records.append(record)
+    return records
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="tiny,small",
                         help="comma-separated ModelConfig presets")
@@ -268,14 +306,20 @@ def main() -> None:
                         help="sequences per step (smaller for a quick run)")
     parser.add_argument("--loss", choices=("chunked", "full"), default="chunked",
                         help="our loss: chunked (no [B, T, V] logits) or full logits")
-    args = parser.parse_args()
+    parser.add_argument("--precision", default=",".join(common.PRECISIONS),
+                        help="comma-separated precisions, each against the peer at it")
+    args = parser.parse_args(argv)
     if args.repeats < 1 or args.batch < 1:
         parser.error("--repeats and --batch must be >= 1")
+    try:
+        precisions = common.parse_precisions(args.precision)
+    except ValueError as error:
+        parser.error(str(error))
     import torch
 
     torch.set_num_threads(common.cpu_count())
     for name in args.configs.split(","):
-        bench_config(name.strip(), args.repeats, args.loss, args.batch)
+        bench_config(name.strip(), args.repeats, args.loss, args.batch, precisions)
 
 
 if __name__ == "__main__":

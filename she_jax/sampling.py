@@ -326,6 +326,7 @@ def _generate(program: _Program, params: Params, tokens: jax.Array, mask: jax.Ar
     config = program.model
     b, g, vocab = tokens.shape[0], num_samples, config.vocab_size
     widths = _phase_widths(output_len)
+    params = decoding.matmul_params(config, params)  # kernels cast once, not every step
     if program.share_prefix:
         last_logits, prefix = decoding.prefill_impl(config, params, tokens, mask)
         cache = decoding.init_sample_cache(config, prefix, g, output_len, widths[0])
