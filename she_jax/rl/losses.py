@@ -37,11 +37,15 @@ def _grouped_hidden(model_config: transformer.ModelConfig, params: Any, tokens: 
     if n % group_size:
         raise ValueError(f"{n} rows are not whole groups of group_size={group_size}")
     prompt_len = first_target + 1
-    if prompt_len >= t - 1:
+    if prompt_len > t - 1:
         raise ValueError(f"group sharing needs a completion after the prompt: first_target="
                          f"{first_target}, T={t}")
     rows = tokens.reshape(n // group_size, group_size, t)
     mask = attention_mask.reshape(rows.shape)
+    if prompt_len == t - 1:  # one completion token: only the prompt's last hidden state
+        hidden = transformer.hidden_states(model_config, params, rows[:, 0, :prompt_len],
+                                           mask[:, 0, :prompt_len])[:, -1:]
+        return jnp.repeat(hidden, group_size, axis=0)
     prompt_hidden, completion_hidden = transformer.shared_prefix_hidden_states(
         model_config, params, rows[:, 0, :prompt_len], mask[:, 0, :prompt_len],
         rows[:, :, prompt_len:t - 1], mask[:, :, prompt_len:t - 1])

@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 
 from she_jax import sampling
-from she_jax.data import sources
+from she_jax.data import loader, sources
 from she_jax.eval import evaluate
 from she_jax.models import transformer
 from she_jax.rl import advantages as adv_lib
@@ -86,6 +86,15 @@ def rl_section() -> ml_collections.ConfigDict:
     c.advantage.after_error = 0.5  # weight of steps after the first error
     c.advantage.consensus = 0.5  # weight of steps the whole group agrees on
     c.filter = filtering.filtering_config()
+    # SFT anchor: each update also takes `weight` x the token-mean NLL of a batch of gold
+    # CoTs (the `split` records rendered in the run's order), so RL sharpens the policy
+    # without forgetting the rules the reward rarely exercises (relevance-RL practice; 0 =
+    # off, no extra forward). One fixed bucket keeps the update's shapes static.
+    c.anchor = ml_collections.ConfigDict()
+    c.anchor.weight = 0.0
+    c.anchor.split = "sft"
+    c.anchor.batch_size = 8
+    c.anchor.bucket = 160  # padded length of the anchor sequences (longer ones are skipped)
     return c
 
 
@@ -164,6 +173,41 @@ def _decode_pending(text: str) -> list[dict[str, np.ndarray]]:
     return [batches[i] for i in sorted(batches)]
 
 
+ANCHOR_PREFIX = "anchor_"
+
+
+def anchored_loss_fn(policy_loss_fn: Callable, model_config: transformer.ModelConfig,
+                     label_ids: Sequence[int], weight: float) -> Callable:
+    """The policy loss plus `weight` x the token-mean NLL of the batch's gold CoTs.
+
+    batch: the policy loss's keys plus anchor_tokens / anchor_loss_mask /
+    anchor_attention_mask [A, L] (an SFT batch). The anchor term enters the summed loss
+    as weight * normalizer * mean NLL, so after `make_train_step` divides by the policy
+    normalizer it weighs `weight` against the policy objective whatever the aggregation.
+    aux adds 'anchor/nll' (token mean) and 'anchor/label_accuracy'.
+    """
+    from she_jax.train import sft as sft_lib  # a sibling trainer's loss, not a layer below
+
+    nll_fn = sft_lib.sft_loss_fn(model_config, tuple(label_ids))
+
+    def loss_fn(params: Any, batch: dict[str, jax.Array], rng: jax.Array):
+        policy_batch = {k: v for k, v in batch.items() if not k.startswith(ANCHOR_PREFIX)}
+        anchor_batch = {k[len(ANCHOR_PREFIX):]: v for k, v in batch.items()
+                        if k.startswith(ANCHOR_PREFIX)}
+        loss_sum, aux = policy_loss_fn(params, policy_batch, rng)
+        nll_sum, nll_aux = nll_fn(params, anchor_batch, rng)
+        count = nll_aux["normalizer"]
+        nll_mean = nll_sum / jnp.maximum(count, 1.0)
+        normalizer = jax.lax.stop_gradient(aux["normalizer"])
+        aux = dict(aux)
+        aux["anchor/nll"] = (nll_sum, count)
+        if "label_accuracy" in nll_aux:
+            aux["anchor/label_accuracy"] = nll_aux["label_accuracy"]
+        return loss_sum + weight * normalizer * nll_mean, aux
+
+    return loss_fn
+
+
 def ref_logprobs_fn(model_config: transformer.ModelConfig, first_target: int,
                     group_size: int = 1):
     """(params, tokens [N, T], attention_mask [N, T]) -> reference log-probs [N, T-1]."""
@@ -227,7 +271,8 @@ class RLFeed:
     def __init__(self, *, config: ml_collections.ConfigDict, workdir: str,
                  records: Sequence[Mapping], tokenizer: Any,
                  model_config: transformer.ModelConfig, scorer: Scorer, order: str,
-                 ref_params: Any = None, replay: ReplayFn | None = None):
+                 ref_params: Any = None, replay: ReplayFn | None = None,
+                 anchor_records: Sequence[Mapping] | None = None):
         rl = config.rl
         self.rl, self.workdir, self.records = rl, workdir, list(records)
         self.tokenizer, self.model_config = tokenizer, model_config
@@ -249,6 +294,16 @@ class RLFeed:
         self.advantage_fn = jax.jit(functools.partial(adv_lib.token_advantages, self.advantage))
         self.params = None
         self.rollout_index = 0
+        self.anchor = None
+        self.anchor_index = 0
+        if rl.anchor.weight > 0:
+            if not anchor_records:
+                raise ValueError("config.rl.anchor.weight > 0 needs the records of "
+                                 f"config.rl.anchor.split={rl.anchor.split!r}")
+            self.anchor = loader.sft_dataset(
+                anchor_records, tokenizer, batch_size=int(rl.anchor.batch_size),
+                buckets=(int(rl.anchor.bucket),), order=order, seed=int(config.data_seed),
+                shuffle=True, num_epochs=None, overlong="skip")
         self.pending: list[dict[str, np.ndarray]] = []
         self.metrics: dict[str, float] = {}
         self._last_batch_time: float | None = None
@@ -281,12 +336,24 @@ class RLFeed:
     def get_state(self) -> dict[str, Any]:
         return {"rollout_index": self.rollout_index,
                 "prompt_sampler": self.prompt_sampler.get_state(),
-                "pending": _encode_pending(self.pending)}
+                "pending": _encode_pending(self.pending),
+                "anchor_index": self.anchor_index}
 
     def set_state(self, position: Mapping[str, Any]) -> None:
         self.rollout_index = int(position["rollout_index"])
         self.prompt_sampler.set_state(position["prompt_sampler"])
         self.pending = _decode_pending(position["pending"])
+        self.anchor_index = int(position.get("anchor_index", 0))
+
+    def rewind_logs(self, step: int) -> None:
+        """train_loop hook, before the first step: samples.jsonl keeps the training lines
+        (their 'step' is the rollout batch index) of the batches made before this start,
+        and drops those an interrupted attempt wrote after its checkpoint."""
+        from she_jax.train import metrics as metrics_lib
+
+        del step  # the restored rollout_index says which batches the checkpoint holds
+        metrics_lib.truncate_jsonl(os.path.join(self.workdir, SAMPLES_FILE),
+                                   lambda r: "step" not in r or r["step"] < self.rollout_index)
 
     def __iter__(self):
         return self
@@ -317,6 +384,7 @@ class RLFeed:
         start = time.perf_counter()
         scored = self.scorer(rollouts)
         _check_finite_rewards(scored, index)
+        label_metrics = label_mix_metrics(rollouts)
         replay_metrics: dict[str, float] = {}
         if self.replay is not None:  # before filtering: all-wrong groups are what it is for
             rollouts, scored, replay_metrics = self.replay(
@@ -347,7 +415,7 @@ class RLFeed:
         ref_s = time.perf_counter() - start
 
         self._log_rollout(index, rollouts, scored, batch, group_valid,
-                          {**scored.metrics, **filter_metrics, **replay_metrics,
+                          {**scored.metrics, **filter_metrics, **replay_metrics, **label_metrics,
                            "time/rollout_s": rollout_s, "time/reward_s": reward_s,
                            "time/reference_s": ref_s})
         self.rollout_index += 1
@@ -358,7 +426,14 @@ class RLFeed:
         parts = minibatch_rows(batch["tokens"].shape[0], self.shared_group,
                                self.rl.num_iterations, self.rl.num_minibatches,
                                self.accum_steps, rng)
-        return [{k: v[rows] for k, v in batch.items()} for rows in parts]
+        out = [{k: v[rows] for k, v in batch.items()} for rows in parts]
+        if self.anchor is not None:  # one gold-CoT batch per update
+            for part in out:
+                anchor = self.anchor[self.anchor_index]
+                self.anchor_index += 1
+                for key in ("tokens", "loss_mask", "attention_mask"):
+                    part[ANCHOR_PREFIX + key] = anchor[key]
+        return out
 
     def _log_rollout(self, index: int, rollouts: Rollouts, scored: Scored,
                      batch: dict[str, np.ndarray], group_valid: np.ndarray,
@@ -394,6 +469,29 @@ class RLFeed:
             with open(os.path.join(self.workdir, SAMPLES_FILE), "a") as f:
                 for line in lines:
                     f.write(json.dumps(line) + "\n")
+
+
+def label_mix_metrics(rollouts: Rollouts) -> dict[str, float]:
+    """The policy's predicted-label mix over a pool's B x G rollouts against the gold mix of
+    its prompts (each prompt counted G times): 'labels/pred_<L>', 'labels/gold_<L>',
+    'labels/pred_invalid' (no label written) and 'labels/tv_distance' = half the L1
+    distance between the two mixes over the 4 labels (invalid predictions count as mass
+    on no label). A collapse onto one class shows here at once, not after the evaluation.
+    """
+    from she_jax import special_tokens as st
+
+    predicted = [p.label for row in rollouts.parsed for p in row]
+    gold = [r["label"] for r in rollouts.records for _ in range(rollouts.group_size)]
+    n = max(len(predicted), 1)
+    out = {"labels/pred_invalid": sum(p not in st.LABELS for p in predicted) / n}
+    tv = 0.0
+    for label in st.LABELS:
+        pred_frac = sum(p == label for p in predicted) / n
+        gold_frac = sum(g == label for g in gold) / n
+        out[f"labels/pred_{label}"], out[f"labels/gold_{label}"] = pred_frac, gold_frac
+        tv += abs(pred_frac - gold_frac)
+    out["labels/tv_distance"] = 0.5 * (tv + out["labels/pred_invalid"])
+    return out
 
 
 def _filter_rewards(scored: Scored) -> np.ndarray:
@@ -452,12 +550,17 @@ def train_rl(config: ml_collections.ConfigDict, workdir: str, *,
                  rl.group_size, order)
     params, mesh, rules = bootstrap.shard_model(config, model_config, params)
     ref_params = jax.tree.map(jnp.copy, params) if rl.loss.kl_beta > 0 else None
+    anchor_records = (sources.require_split(splits, rl.anchor.split, "config.rl.anchor.split")
+                      if rl.anchor.weight > 0 else None)
     feed = RLFeed(config=config, workdir=workdir, records=records, tokenizer=tokenizer,
                   model_config=model_config, scorer=scorer, order=order,
-                  ref_params=ref_params, replay=replay)
+                  ref_params=ref_params, replay=replay, anchor_records=anchor_records)
     loss_fn = losses.make_policy_loss_fn(
         model_config, policy_loss_config(rl.loss, rl.max_new_tokens, feed.prompt_len,
                                          feed.shared_group))
+    if rl.anchor.weight > 0:
+        loss_fn = anchored_loss_fn(loss_fn, model_config, tokenizer.label_ids,
+                                   float(rl.anchor.weight))
     state, step_fn = bootstrap.train_state_and_step(config, params, loss_fn, mesh, rules)
     state = loop.train_loop(
         train_step=step_fn, state=state, data=feed, workdir=workdir, total_steps=total_steps,
