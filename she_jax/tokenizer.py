@@ -18,7 +18,9 @@ pad spelling decodes as '<|eos|>'.
 
 Files: a SentencePiece tokenizer directory holds `tokenizer.model` and a
 `tokenizer_config.json` with {"she_jax_tokenizer": "sentencepiece"}; `load_tokenizer`
-dispatches on that marker, else on `tokenizer.json` (Hugging Face).
+dispatches on that marker, else on `tokenizer.json` (Hugging Face). `save_for_transformers`
+also writes the files with which transformers' AutoTokenizer opens an exported model
+directory and encodes exactly as she_jax does.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import os
 import pathlib
 import re
+import tempfile
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -42,6 +45,16 @@ CONFIG_FILE = "tokenizer_config.json"
 KIND_KEY = "she_jax_tokenizer"  # Marker in tokenizer_config.json; HF ignores unknown keys.
 SENTENCEPIECE = "sentencepiece"
 HUGGINGFACE = "huggingface"
+# Written by save_for_transformers: a module whose class loads tokenizer.json as written.
+TRANSFORMERS_MODULE_FILE = "tokenization_she_jax.py"
+_TRANSFORMERS_MODULE = '''"""Written by she_jax: loads this directory's tokenizer.json exactly as written."""
+
+from transformers import PreTrainedTokenizerFast
+
+
+class SheJaxTokenizer(PreTrainedTokenizerFast):
+    """tokenizer.json as she_jax wrote it (no model-specific rebuild of its pipeline)."""
+'''
 
 # SentencePiece byte_fallback reserves one piece per byte value.
 _NUM_BYTE_PIECES = 256
@@ -54,6 +67,12 @@ _ROUND_TRIP_PROBE = (
     f"{special_tokens.QUERY} Red running shoes, size 42 (men's) {special_tokens.ITEM} "
     f"Nike Air-Zoom 2024 café {special_tokens.ANSWER}{special_tokens.STEP_MARKERS[0]} "
     f"brand: nike {special_tokens.LABEL_TOKENS[0]}{special_tokens.EOS}"
+)
+# save_for_transformers checks the exported tokenizer.json against these. No she_jax
+# pad/eos/bos/unk spellings: an HF vocabulary has its own (Qwen's '<|endoftext|>').
+_EXPORT_PROBES = (
+    _ROUND_TRIP_PROBE.removesuffix(special_tokens.EOS),
+    "  two  spaces,\ttabs\nand newlines; ümlaut 日本語 🙂 $19.99 (men's) {}[] <|not a token|>",
 )
 
 
@@ -368,6 +387,49 @@ class Tokenizer:
             config["tokenizer_class"] = "PreTrainedTokenizerFast"
             config["she_jax_added_tokens"] = list(self.added_tokens)
         (out_path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+    def save_for_transformers(self, out_dir: str | os.PathLike[str]) -> None:
+        """Writes the tokenizer into a Hugging Face model directory (one `models.hf.save_hf`
+        wrote), so that `transformers.AutoTokenizer.from_pretrained(out_dir)` encodes and
+        decodes exactly as this tokenizer does, and `load_tokenizer(out_dir)` reads it back.
+
+        Besides `save`'s files: tokenizer.json (for SentencePiece, transformers' own
+        conversion of tokenizer.model, checked here to encode the probe texts to the same
+        ids), HF keys in tokenizer_config.json (no BOS/EOS added, no space clean-up), and
+        tokenization_she_jax.py. Why the module: for a qwen2 config.json, transformers 5
+        ignores `tokenizer_class` and rebuilds a byte-level Qwen2Tokenizer from the vocabulary
+        (it would drop every space of a SentencePiece vocabulary); an `auto_map` entry is
+        the one thing that skips that rebuild, and the module it names (a plain
+        PreTrainedTokenizerFast) makes the directory load with trust_remote_code=True too.
+        """
+        out_path = pathlib.Path(out_dir)
+        self.save(out_path)
+        hf_file = out_path / HF_TOKENIZER_FILE
+        if self.kind == SENTENCEPIECE:
+            import transformers  # only exports need it (a slow import)
+
+            with tempfile.TemporaryDirectory() as plain:  # tokenizer files only, no config.json
+                self.save(plain)
+                converted = transformers.PreTrainedTokenizerFast.from_pretrained(plain)
+            converted.backend_tokenizer.save(str(hf_file))
+        hf_tokenizer = tokenizers.Tokenizer.from_file(str(hf_file))
+        for text in _EXPORT_PROBES:
+            hf_ids = hf_tokenizer.encode(text, add_special_tokens=False).ids
+            if hf_ids != self.encode(text):
+                raise ValueError(f"{hf_file}: the Hugging Face form of this {self.kind} "
+                                 f"tokenizer encodes {text!r} as {hf_ids}, she_jax as "
+                                 f"{self.encode(text)}")
+        config = _read_json(out_path / CONFIG_FILE)
+        config.update({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "auto_map": {"AutoTokenizer": [None, TRANSFORMERS_MODULE_FILE.removesuffix(".py")
+                                           + ".SheJaxTokenizer"]},
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+        })
+        (out_path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        (out_path / TRANSFORMERS_MODULE_FILE).write_text(_TRANSFORMERS_MODULE)
 
 
 def train_sentencepiece(

@@ -322,9 +322,9 @@ def _tiny_sft_run(world, run_dir):
     model_config = _tiny_model(tokenizer.vocab_size)
     model_config = transformer.ModelConfig.from_dict({**model_config.to_dict(),
                                                       "hidden_size": 64, "mlp_dim": 128})
+    tokenizer.save(os.path.join(run_dir, bootstrap.TOKENIZER_DIR))  # export_model reads it
     bootstrap.export_model(run_dir, model_config,
                            transformer.init_params(model_config, jax.random.PRNGKey(0)))
-    tokenizer.save(os.path.join(run_dir, bootstrap.TOKENIZER_DIR))
     with open(os.path.join(run_dir, "eval.json"), "w") as f:  # where the order is read
         json.dump({"meta": {"order": "think_first"}}, f)
 

@@ -17,13 +17,13 @@ import glob
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from she_jax.models.transformer import ModelConfig
@@ -253,12 +253,24 @@ def config_to_hf(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
 # ------------------------------------------------------------------------------ safetensors IO
 
 
+@contextlib.contextmanager
+def _open_safetensors(path: str) -> Iterator[Any]:
+    """safe_open(path) whose failure on a truncated or corrupt file names the file (the
+    library's SafetensorError does not)."""
+    try:
+        with safe_open(path, framework="numpy") as f:
+            yield f
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); it is truncated "
+                              "or corrupt: copy or export it again") from e
+
+
 def _tensor_files(path: str) -> tuple[dict[str, str], str]:
     """(tensor name -> file holding it, the file to name in errors) for a checkpoint dir."""
     single, index = os.path.join(path, SINGLE_FILE), os.path.join(path, INDEX_FILE)
     # Same precedence as transformers: a single file wins over an index.
     if os.path.isfile(single):
-        with safe_open(single, framework="numpy") as f:
+        with _open_safetensors(single) as f:
             return {name: single for name in f.keys()}, single
     if os.path.isfile(index):
         with open(index) as f:
@@ -354,8 +366,7 @@ def load_hf(path: str, compute_dtype: str = "float32") -> tuple[ModelConfig, dic
             if name not in files:
                 raise CheckpointError(f"{source}: missing tensor {name!r}")
             if files[name] not in handles:
-                handles[files[name]] = stack.enter_context(
-                    safe_open(files[name], framework="numpy"))
+                handles[files[name]] = stack.enter_context(_open_safetensors(files[name]))
             return handles[files[name]].get_tensor(name).astype(np.float32)
 
         params: dict = {}

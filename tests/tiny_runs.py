@@ -1,0 +1,39 @@
+"""Tiny finished runs for tests that need a real run directory (a few SFT steps)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments import registry, sft as sft_config
+
+
+def tiny_sft_config(order: str = "answer_first", extra_orders: tuple[str, ...] = ()
+                    ) -> ml_collections.ConfigDict:
+    """experiments/sft.py shrunk to a 2-layer model, 4 updates and a 4-example evaluation."""
+    config = sft_config.get_config("tiny")
+    config.data.world_overrides = {"sft_size": 320, "rl_size": 64, "dev_size": 32,
+                                   "test_size": 24}
+    config.model.vocab_size = 1024
+    config.model.preset = "tiny"
+    config.model.overrides = {"num_layers": 2, "hidden_size": 64, "mlp_dim": 128}
+    config.sft.buckets = (160,)  # one compiled train step
+    config.sft.order = order
+    config.sft.extra_orders = extra_orders
+    config.optimizer.total_steps = 4
+    config.optimizer.warmup_steps = 1
+    config.batch.batch_size = 8
+    config.log_every = 2
+    config.checkpoint.every = 2
+    config.eval.splits = ("dev",)
+    config.eval.max_examples = 4
+    config.eval.batch_size = 4
+    config.eval.max_new_tokens = 16
+    return config
+
+
+def build_sft_run(workdir: str, order: str = "answer_first",
+                  extra_orders: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """Trains and evaluates a tiny SFT run into `workdir`; returns its config."""
+    config = tiny_sft_config(order, extra_orders)
+    registry.run_config(config, workdir)
+    return config
