@@ -3,6 +3,7 @@ r"""One GRPO step -- rollout, reward, one update: she_jax vs TRL's `GRPOTrainer`
     python -m bench.rl_step [--configs=tiny,small] [--prompts=8] [--group=8]
                             [--prompt_len=128] [--new_tokens=128] [--repeats=3]
                             [--beta=0.02] (a list, e.g. --beta=0.02,0, gives a line per beta)
+                            [--precision=float32,bfloat16]
 
 Both sides train the same randomly initialised model (ours exported with
 `she_jax.models.hf.save_hf`; TRL loads that directory as policy and as reference) on the same
@@ -11,7 +12,12 @@ batch: `--prompts` seeded random prompts x `--group` samples, every prompt exact
 forbidden until the last token on both sides: ours `SamplingConfig(min_new_tokens=N)`, TRL
 `generation_kwargs={'min_new_tokens': N}`), temperature 1.0, no top-k / top-p, the same KL
 weight (`--beta`: > 0 runs the reference forward on both sides, 0 skips it on both), the
-same clip range (0.2 / 0.28) and AdamW with gradient clipping at 1.0.
+same clip range (0.2 / 0.28) and AdamW with gradient clipping at 1.0, at each precision of
+`--precision` (default both): float32 on both sides, or bfloat16: ours
+`ModelConfig(dtype='bfloat16')` for rollout, reference and update (bf16 matmul operands,
+float32 accumulation, float32 params and optimizer state), TRL with `bf16=True` (float32
+weights; accelerate runs the model's forward passes, generation included, under
+`torch.autocast('cpu', dtype=torch.bfloat16)`).
 The reward is the fraction of even token ids in the completion, computed on the host on both
 sides so reward time is comparable and negligible.
 TRL needs text: prompts are words of a `tokenizers` WordLevel vocabulary 't0' .. 't{V-1}'
@@ -28,7 +34,7 @@ P ids ours samples from.
     defaults), the metrics copied to the host as the train loop does. Dynamic-sampling
     filtering is left out (TRL has none; with an oversample of 1 it is host bookkeeping
     over B groups).
-  * peer: `trl.GRPOTrainer` (PyTorch eager, CPU, float32, `transformers` generate with its
+  * peer: `trl.GRPOTrainer` (PyTorch eager, CPU, `transformers` generate with its
     KV cache, no vLLM) configured so one trainer step = one generation of B x G + one
     optimizer update (`per_device_train_batch_size = generation_batch_size = B * G`,
     `steps_per_generation = gradient_accumulation_steps = num_iterations = 1`), with
@@ -41,13 +47,14 @@ ours. The sides alternate step by step (ours runs inside the callback after each
 outside TRL's timed span): the first step of each is a warm-up (our compile), then
 `--repeats` timed steps each; medians are reported.
 
-Prints one JSON line per (config, beta): bench, config, beta, ours / peer (median s/step),
+Prints one JSON line per (config, beta, precision): bench, config, beta, precision, ours /
+peer (median s/step),
 unit 's/step', ratio (peer / ours: > 1 means ours is faster), target_ratio (the issue's
 goal), per-phase medians of both sides, all step times, the tokens each side generated per
 sample, the load average at the start, and a same-model logit check.
 Progress, with both sides' phases per step, goes to stderr.
-Expected runtime on 2 CPU cores, per config and beta value (4 steps of each side plus start-up
-and our compile): tiny about 2 minutes on a quiet machine (TRL ~6 s/step), 5 at load
+Expected runtime on 2 CPU cores, per config, beta and precision (4 steps of each side plus
+start-up and our compile), measured at float32: tiny about 2 minutes on a quiet machine (TRL ~6 s/step), 5 at load
 average 5 (TRL 45-60 s/step); small, where TRL takes ~50 s/step on a quiet machine and
 160-220 s at load 5, about 12 minutes at load 5 even with `--repeats=1`.
 """
@@ -312,10 +319,10 @@ def _peer_classes():
 
 
 def peer_trainer(model_dir: str, hf_tokenizer: Any, prompt_texts: list[str], shape: StepShape,
-                 steps: int, workdir: str, after_step: Callable[[int], None], seed: int = 0
-                 ) -> tuple[Any, Any]:
+                 steps: int, workdir: str, after_step: Callable[[int], None], seed: int = 0,
+                 precision: str = "float32") -> tuple[Any, Any]:
     """A `PhaseTimedGRPOTrainer` on the model in `model_dir` set up for `steps` GRPO steps of
-    shape `shape` (see the module doc), and its StepTimer callback."""
+    shape `shape` at `precision` (see the module doc), and its StepTimer callback."""
     import datasets
     import transformers
     import trl
@@ -328,7 +335,8 @@ def peer_trainer(model_dir: str, hf_tokenizer: Any, prompt_texts: list[str], sha
         num_generations=shape.group, max_completion_length=shape.new_tokens,
         generation_kwargs={"min_new_tokens": shape.new_tokens},
         temperature=1.0, top_k=0, top_p=1.0, beta=shape.beta, epsilon=0.2, epsilon_high=0.28,
-        max_grad_norm=1.0, activation_checkpointing=False, use_cpu=True, bf16=False, fp16=False,
+        max_grad_norm=1.0, activation_checkpointing=False, use_cpu=True,
+        bf16=precision == "bfloat16", fp16=False,
         model_init_kwargs={"dtype": "float32"}, report_to="none", logging_strategy="no",
         save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False, seed=seed)
     timer = timer_class(after_step)
@@ -344,9 +352,11 @@ def peer_trainer(model_dir: str, hf_tokenizer: Any, prompt_texts: list[str], sha
 
 def _check_same_model(model_config: transformer.ModelConfig, params: Any, peer_model: Any,
                       prompt_ids: np.ndarray) -> float:
-    """Max |logit difference| on one prompt; guards against timing two different models."""
+    """Max |logit difference| on one prompt, both in float32; guards against timing two
+    different models."""
     import torch
 
+    model_config = dataclasses.replace(model_config, dtype="float32")
     ours = np.asarray(transformer.forward(model_config, params, prompt_ids[:1]))
     with torch.no_grad():
         theirs = peer_model(torch.as_tensor(prompt_ids[:1], dtype=torch.long)).logits.numpy()
@@ -377,13 +387,14 @@ def _range(lengths: Sequence[int] | np.ndarray) -> list[int]:
 
 def bench_config(name: str, model_config: transformer.ModelConfig, shape: StepShape,
                  repeats: int, seed: int = 0) -> dict[str, Any]:
-    """Times `repeats` GRPO steps of each side (after a warm-up step each); emits and returns
-    the JSON record."""
+    """Times `repeats` GRPO steps of each side (after a warm-up step each) at the precision
+    `model_config.dtype` (the peer at the same one); emits and returns the JSON record."""
     import torch
     import transformers
     import trl
 
     load_average = [round(x, 2) for x in os.getloadavg()]
+    precision = model_config.dtype
     params = transformer.init_params(model_config, jax.random.key(seed))
     prompt_ids, prompt_texts = random_prompts(model_config.vocab_size, shape.prompts,
                                               shape.prompt_len, seed)
@@ -401,16 +412,18 @@ def bench_config(name: str, model_config: transformer.ModelConfig, shape: StepSh
             else:
                 our_steps.append(times)
             peer = _peer_phases(timer.step_seconds[-1], trainer.phase_seconds[-1])
-            common.log(f"[{name} beta={shape.beta}] step {index}: peer "
+            common.log(f"[{name} beta={shape.beta} {precision}] step {index}: peer "
                        f"{timer.step_seconds[-1]:.2f} s {_phase_text(peer)}, ours "
                        f"{sum(times.values()):.2f} s {_phase_text(times)}")
 
         trainer, timer = peer_trainer(model_dir, hf_tokenizer, prompt_texts, shape,
-                                      repeats + 1, os.path.join(workdir, "trl"), our_step, seed)
+                                      repeats + 1, os.path.join(workdir, "trl"), our_step, seed,
+                                      precision)
         logit_diff = _check_same_model(model_config, params, trainer.model, prompt_ids)
         ours = OurGRPOStep(model_config, params, prompt_ids, shape, hf_tokenizer, seed)
         del params  # donated to our first update
-        common.log(f"[{name} beta={shape.beta}] {repeats + 1} steps each, alternating "
+        common.log(f"[{name} beta={shape.beta} {precision}] {repeats + 1} steps each, "
+                   "alternating "
                    f"(first = warm-up)")
         trainer.train()
     peer_steps = [_peer_phases(s, p) for s, p in zip(timer.step_seconds, trainer.phase_seconds)]
@@ -418,11 +431,13 @@ def bench_config(name: str, model_config: transformer.ModelConfig, shape: StepSh
     peer_times = timer.step_seconds[1:]
     ours_median, peer_median = common.median(ours_times), common.median(peer_times)
     record = {
-        "bench": "rl_step", "config": name, "beta": shape.beta,
+        "bench": "rl_step", "config": name, "beta": shape.beta, "precision": precision,
         "ours": round(ours_median, 4), "peer": round(peer_median, 4), "unit": "s/step",
         "ratio": round(peer_median / ours_median, 2), "target_ratio": TARGET_RATIOS.get(name),
         "peer_name": f"trl {trl.__version__} GRPOTrainer, transformers "
-                     f"{transformers.__version__}, torch {torch.__version__} CPU float32 eager",
+                     f"{transformers.__version__}, torch {torch.__version__} CPU eager "
+                     + ("float32" if precision == "float32"
+                        else "bf16=True (torch.autocast bfloat16, float32 weights)"),
         "ours_phases_median_s": _medians(our_steps),
         "peer_phases_median_s": _medians(peer_steps[1:]),
         "ours_times_s": [round(t, 4) for t in ours_times],
@@ -439,6 +454,7 @@ def bench_config(name: str, model_config: transformer.ModelConfig, shape: StepSh
         "new_tokens": shape.new_tokens, "repeats": repeats,
         "peer_activation_checkpointing": trainer.args.activation_checkpointing,
         "peer_optim": str(trainer.args.optim),
+        "peer_mixed_precision": str(trainer.accelerator.mixed_precision),
         "torch_threads": torch.get_num_threads(), "cpu_count": common.cpu_count(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "load_average_start": load_average,
@@ -467,12 +483,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per side")
     parser.add_argument("--beta", default="0.02",
                         help="KL weight(s), comma-separated: one JSON line per value")
+    parser.add_argument("--precision", default=",".join(common.PRECISIONS),
+                        help="comma-separated precisions, each against the peer at it")
     args = parser.parse_args(argv)
     if min(args.prompts, args.prompt_len, args.new_tokens, args.repeats) < 1 or args.group < 2:
         parser.error("--prompts, --prompt_len, --new_tokens, --repeats must be >= 1 and "
                      "--group >= 2 (GRPO compares samples within a group)")
     try:
         betas = _parse_betas(args.beta)
+        precisions = common.parse_precisions(args.precision)
     except ValueError as error:
         parser.error(str(error))
     import torch
@@ -482,11 +501,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     for name in args.configs.split(","):
-        model_config = transformer.ModelConfig.preset(name.strip())
         for beta in betas:
             shape = StepShape(prompts=args.prompts, group=args.group,
                               prompt_len=args.prompt_len, new_tokens=args.new_tokens, beta=beta)
-            bench_config(name.strip(), model_config, shape, args.repeats)
+            for precision in precisions:
+                model_config = transformer.ModelConfig.preset(name.strip(), dtype=precision)
+                bench_config(name.strip(), model_config, shape, args.repeats)
 
 
 if __name__ == "__main__":

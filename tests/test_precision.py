@@ -282,3 +282,18 @@ def test_bf16_sampler_log_probs_match_the_bf16_forward():
         # Measured: 0.004 at logits up to ~45; the cached and the full pass sum in
         # different orders.
         np.testing.assert_allclose(out.policy_logprobs[:, sample], want, atol=0.02)
+
+
+def test_bench_precision_flag():
+    from bench import common, rl_step
+    from bench import sampler as bench_sampler
+    from bench import train_step
+
+    assert common.parse_precisions("float32,bfloat16") == ["float32", "bfloat16"]
+    assert common.parse_precisions(" bfloat16 ") == ["bfloat16"]
+    for bad in ("", "float16", "float32,float32"):
+        with pytest.raises(ValueError, match="--precision"):
+            common.parse_precisions(bad)
+    for main in (rl_step.main, bench_sampler.main, train_step.main):
+        with pytest.raises(SystemExit):
+            main(["--precision=float16"])
