@@ -33,6 +33,10 @@ def base_config(name: str, trainer: str, arg: str | None) -> ml_collections.Conf
     c.init_dir = ""  # its run directory (filled in by experiments.run from init_from)
     c.data = data_config()
     c.data_seed = 0  # data order (shuffling) seed, separate from the init seed
+    # Prerequisites (init_from, prerequisites) inherit this run's seed, data_seed, data
+    # section and model.dtype (experiments.registry); set this to build them with another
+    # seed, e.g. 0 so that runs of seeds 0, 1, 2 all start from one SFT run.
+    c.prerequisite_seed = ml_collections.config_dict.placeholder(int)
     c.model = model_config_section("small" if variant in ("small", "pod") else "tiny")
     c.eval = eval_section()
     if variant in ("small", "pod"):

@@ -5,11 +5,15 @@ Kept apart from run.py so notebooks and tests can drive a config without absl fl
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import hashlib
 import importlib
+import json
+import logging
 import os
 from typing import Any
 
-import logging
 import ml_collections
 
 # trainer name -> module exposing `train(config, workdir)`. Imported lazily so that a run
@@ -48,6 +52,18 @@ def is_finished(workdir: str) -> bool:
     return os.path.exists(os.path.join(workdir, "eval.json"))
 
 
+class RunStopped(RuntimeError):
+    """A run ended early on SIGTERM / SIGINT (saved; rerunning the command resumes it).
+
+    signal: the signal's name; prerequisite: the prerequisite being built when it came
+    (None: the run itself)."""
+
+    def __init__(self, message: str, signal: str, prerequisite: str | None = None):
+        super().__init__(message)
+        self.signal = signal
+        self.prerequisite = prerequisite
+
+
 # A prerequisite built on the way to another run is evaluated on this much of `dev` only,
 # to keep chains (SFT -> reward model -> curriculum stages) short; evaluate it fully later
 # with `python -m she_jax.eval --workdir <its workdir>`.
@@ -55,20 +71,116 @@ PREREQUISITE_EVAL_SPLITS = ("dev",)
 PREREQUISITE_EVAL_EXAMPLES = 256
 
 
-def _build(name: str, variant: str | None) -> str:
-    """Builds experiments/<name>.py (and its prerequisites) unless finished; its workdir."""
+def workdir_lock(config: ml_collections.ConfigDict, workdir: str, wait: bool = False):
+    """The workdir lock around a run. A multi-process run (config.distributed) takes it in
+    the trainer, on process 0 only, once jax.distributed has told the processes apart."""
+    from she_jax.train import workdir as workdir_lib
+
+    if config.get("distributed", {}).get("enabled", False):
+        return contextlib.nullcontext()
+    return workdir_lib.locked(workdir, wait=wait)
+
+
+def _plain(value: Any) -> Any:
+    """A config value as config.json holds it (sections as dicts, tuples as lists)."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    return json.loads(json.dumps(value, default=str))
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+    section = config
+    for part in key.split("."):
+        if not hasattr(section, "get") or part not in section:
+            return None
+        section = section[part]
+    return section
+
+
+def inherit_from_child(parent: ml_collections.ConfigDict,
+                       child: ml_collections.ConfigDict) -> None:
+    """Makes a prerequisite run on its child's dataset with its child's seeds, so a chain is
+    one experiment: `seed` (or the child's `prerequisite_seed` when set), `data_seed`, the
+    whole `data` section (source, world, world_overrides and its seed, files, ...) and
+    `model.dtype`, each where both configs have it. `prerequisite_seed` is handed on too,
+    so it pins every run up the chain."""
+    seed = child.get("prerequisite_seed", None)
+    if seed is None:
+        seed = child.get("seed", None)
+    with parent.unlocked():
+        if seed is not None and "seed" in parent:
+            parent.seed = seed
+        for key in ("data_seed", "prerequisite_seed"):
+            if key in child and key in parent:
+                parent[key] = child[key]
+        if "data" in child and "data" in parent:
+            parent.data = copy.deepcopy(child.data)
+        if _get(child, "model.dtype") is not None and _get(parent, "model.dtype") is not None:
+            parent.model.dtype = child.model.dtype
+
+
+def prerequisite_workdir(parent: ml_collections.ConfigDict,
+                         default: ml_collections.ConfigDict) -> str:
+    """default_workdir(parent), with a suffix naming what the inherited settings change
+    against the prerequisite's own `default` config: `_world<N>` (world seed), `_seed<N>`,
+    `_dataseed<N>`, `_<dtype>`, and `_data<hash>` for any other data field (e.g.
+    runs/sft_think_world1_seed1), so that chains with other seeds or data never share, or
+    overwrite, each other's prerequisites."""
+    parts = []
+    world_seed = _get(parent, "data.world_overrides.seed")
+    if world_seed != _get(default, "data.world_overrides.seed"):
+        parts.append(f"world{world_seed}")
+    for key, label in (("seed", "seed"), ("data_seed", "dataseed")):
+        if _get(parent, key) != _get(default, key):
+            parts.append(f"{label}{_get(parent, key)}")
+    if _get(parent, "model.dtype") != _get(default, "model.dtype"):
+        parts.append(str(_get(parent, "model.dtype")))
+
+    def other_data(config):
+        data = _plain(config.get("data", {}))
+        (data.get("world_overrides") or {}).pop("seed", None)
+        return data
+
+    if other_data(parent) != other_data(default):
+        blob = json.dumps(other_data(parent), sort_keys=True).encode()
+        parts.append("data" + hashlib.sha256(blob).hexdigest()[:8])
+    base = default_workdir(parent)
+    return "_".join([base, *parts]) if parts else base
+
+
+def _build(name: str, variant: str | None, child: ml_collections.ConfigDict) -> str:
+    """Builds experiments/<name>.py for `child` (and its prerequisites) unless finished;
+    returns its workdir.
+
+    Under the prerequisite's workdir lock: a parallel run (a sweep) building the same
+    prerequisite is waited for, then found finished. A stop signal while building raises
+    RunStopped naming the prerequisite, so nothing after it starts.
+    """
     parent = load_config(name, variant)
+    inherit_from_child(parent, child)
     if "eval" in parent:
         with parent.unlocked():
             parent.eval.splits = PREREQUISITE_EVAL_SPLITS
             parent.eval.max_examples = PREREQUISITE_EVAL_EXAMPLES
-    parent_workdir = default_workdir(parent)
+    parent_workdir = prerequisite_workdir(parent, load_config(name, variant))
     if is_finished(parent_workdir):
         logging.info("prerequisite %s found in %s", name, parent_workdir)
-    else:
+        return parent_workdir
+    with workdir_lock(parent, parent_workdir, wait=True):
+        if is_finished(parent_workdir):  # built by the process we waited for
+            logging.info("prerequisite %s found in %s", name, parent_workdir)
+            return parent_workdir
         logging.info("building prerequisite %s into %s", name, parent_workdir)
-        build_prerequisites(parent)
-        run_config(parent, parent_workdir)
+        try:
+            build_prerequisites(parent)
+            run_config(parent, parent_workdir)
+        except RunStopped as stop:
+            if stop.prerequisite is not None:  # one further up the chain: already said
+                raise
+            raise RunStopped(
+                f"stopped by {stop.signal} while building prerequisite {name} in "
+                f"{parent_workdir}; rerun the same command to resume", stop.signal,
+                prerequisite=name) from None
     return parent_workdir
 
 
@@ -93,11 +205,13 @@ def build_prerequisites(config: ml_collections.ConfigDict) -> None:
       the reward model: {'genrm': 'srpo.genrm_dir'}); each directory fills its key, unless
       the key is already set, or the trainer's `needs_prerequisite(config, name)` says the
       config does not read it (SRPO with verifier-only step rewards needs no reward model).
+    Each prerequisite inherits this config's seeds, data and dtype (`inherit_from_child`)
+    and gets its own directory per such setting (`prerequisite_workdir`).
     """
     variant = config.get("variant", None)
     prerequisite = config.get("init_from", None)
     if prerequisite and not config.get("init_dir"):  # a given init_dir is used as is
-        parent_workdir = _build(prerequisite, variant)
+        parent_workdir = _build(prerequisite, variant, config)
         with config.unlocked():
             config.init_dir = parent_workdir
     needs = getattr(trainer_module(config.trainer), "needs_prerequisite", None)
@@ -110,7 +224,7 @@ def build_prerequisites(config: ml_collections.ConfigDict) -> None:
             section = section.get(part, None) if section is not None else None
         if section:  # already given on the command line
             continue
-        _set_dotted(config, key, _build(name, variant))
+        _set_dotted(config, key, _build(name, variant, config))
 
 
 def trainer_module(name: str) -> Any:
@@ -121,5 +235,21 @@ def trainer_module(name: str) -> Any:
 
 
 def run_config(config: ml_collections.ConfigDict, workdir: str) -> Any:
+    """Runs `config`'s trainer in `workdir` under the workdir lock (a second process on the
+    same directory is refused, naming the holder's pid); returns what the trainer returns.
+
+    Raises RunStopped when SIGTERM / SIGINT stopped the training (it saved a checkpoint:
+    the same call resumes it), so that a caller running several runs in a row stops too.
+    """
+    from she_jax.train import loop
+
+    trainer = trainer_module(config.trainer)
     os.makedirs(workdir, exist_ok=True)
-    return trainer_module(config.trainer).train(config, workdir)
+    with workdir_lock(config, workdir):
+        result = trainer.train(config, workdir)
+    stop = loop.stopped(workdir)
+    if stop is not None:
+        raise RunStopped(f"{config.get('name', config.trainer)} stopped by {stop.signal} at "
+                         f"step {stop.step} in {workdir}; rerun the same command to resume",
+                         stop.signal)
+    return result

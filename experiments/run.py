@@ -4,17 +4,26 @@ Dispatches on `config.trainer` to that trainer's `train(config, workdir)`. Confi
 locked, so a typo in `--config.key=value` is an error rather than a silently new key.
 A config that names a prerequisite (`config.init_from = 'sft'`) gets it built first, into
 its own default workdir, unless that workdir already holds a finished run (`eval.json`).
+
+A run holds its workdir's lock (a second command on it is refused, naming the holder's
+pid). A rerun resumes from the checkpoint; a config that differs from the saved
+config.json in more than total steps, eval and logging options is refused, unless
+`--config.resume_mismatch=allow`. SIGTERM / SIGINT save and stop the whole chain, with
+exit code 128 + the signal's number; the same command resumes it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import registry
+from she_jax.train import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an experiments/*.py config file, optionally `:variant`.",
@@ -51,8 +60,18 @@ def main(argv: list[str]) -> None:
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=experiments/sft.py")
     workdir = _WORKDIR.value or registry.default_workdir(config)
-    registry.build_prerequisites(config)
-    registry.run_config(config, workdir)
+    try:
+        # Locked before the prerequisites: a second command on this workdir is refused at
+        # once instead of waiting for the first one's prerequisites.
+        with registry.workdir_lock(config, workdir):
+            registry.build_prerequisites(config)
+            registry.run_config(config, workdir)
+    except registry.RunStopped as stop:
+        logging.error("%s", stop)
+        code = getattr(signal.Signals, stop.signal, signal.SIGTERM)
+        sys.exit(128 + int(code))  # the shell's convention for "ended by this signal"
+    except (workdir_lib.WorkdirLocked, workdir_lib.ConfigMismatchError) as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

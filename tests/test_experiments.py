@@ -117,3 +117,62 @@ def test_a_given_init_dir_builds_nothing(tmp_path, monkeypatch):
     config.init_dir = "/somewhere/sft"
     registry.build_prerequisites(config)
     assert called == [] and config.init_dir == "/somewhere/sft"
+
+
+def _recording_run(built):
+    def fake_run(config, workdir):
+        built.append({"name": config.name, "workdir": workdir, "seed": config.seed,
+                      "data_seed": config.data_seed, "dtype": config.model.dtype,
+                      "world_seed": config.data.world_overrides.seed,
+                      "max_examples": config.data.max_examples_per_split})
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "eval.json"), "w") as f:
+            f.write("{}")
+    return fake_run
+
+
+def test_seeds_and_data_reach_the_prerequisites(tmp_path, monkeypatch):
+    # Issue 16: a chain's prerequisites were built with their default seeds and data
+    # whatever stage 3 was given, all into the same runs/sft_think.
+    monkeypatch.setattr(registry, "RUNS_DIR", str(tmp_path))
+    built = []
+    monkeypatch.setattr(registry, "run_config", _recording_run(built))
+    config = registry.load_config("srpo_stage3")
+    config.seed = 1
+    config.data.world_overrides.seed = 1
+    registry.build_prerequisites(config)
+    assert [b["name"] for b in built] == ["sft_think", "srpo_stage1", "srpo_stage2"]
+    assert all((b["seed"], b["world_seed"], b["data_seed"]) == (1, 1, 0) for b in built)
+    assert [b["workdir"] for b in built] == [
+        str(tmp_path / f"{name}_world1_seed1")
+        for name in ("sft_think", "srpo_stage1", "srpo_stage2")]
+    assert config.init_dir == str(tmp_path / "srpo_stage2_world1_seed1")
+    assert config.curriculum.difficulty_dir == str(tmp_path / "sft_think_world1_seed1")
+
+    # prerequisite_seed pins the whole chain to one start; other data fields get a hash.
+    built.clear()
+    config = registry.load_config("grpo")
+    config.seed = 2
+    config.prerequisite_seed = 0
+    config.data.max_examples_per_split = 64
+    config.model.dtype = "bfloat16"
+    registry.build_prerequisites(config)
+    [sft_think] = built
+    assert (sft_think["seed"], sft_think["max_examples"], sft_think["dtype"]) == (
+        0, 64, "bfloat16")
+    name = os.path.basename(sft_think["workdir"])
+    assert name.startswith("sft_think_bfloat16_data") and len(name) == len(
+        "sft_think_bfloat16_data") + 8
+    # Another value of that field is another directory; the same value finds it built.
+    other = registry.load_config("grpo")
+    other.data.max_examples_per_split = 32
+    other.model.dtype = "bfloat16"
+    registry.build_prerequisites(other)
+    assert other.init_dir != config.init_dir and len(built) == 2
+    again = registry.load_config("grpo")
+    again.seed = 5
+    again.prerequisite_seed = 0
+    again.data.max_examples_per_split = 64
+    again.model.dtype = "bfloat16"
+    registry.build_prerequisites(again)
+    assert again.init_dir == config.init_dir and len(built) == 2

@@ -165,13 +165,13 @@ def toy_loss(params, batch, rng):
     return jnp.sum(per_example), {"normalizer": jnp.sum(batch["weight"])}
 
 
-def toy_batch(index, nan_at=None):
+def toy_batch(index, nan_at=None, zero_at=()):
     rng = np.random.default_rng(index)
     x = rng.normal(size=(4, 3)).astype(np.float32)
     if index == nan_at:
         x[0, 0] = np.nan
-    return {"x": x, "y": rng.normal(size=(4, 2)).astype(np.float32),
-            "weight": np.array([1, 1, 0, 1], np.float32)}
+    weight = np.array([0, 0, 0, 0] if index in zero_at else [1, 1, 0, 1], np.float32)
+    return {"x": x, "y": rng.normal(size=(4, 2)).astype(np.float32), "weight": weight}
 
 
 def weighted_mean_loss(params, batch, rng):
@@ -222,14 +222,15 @@ def toy_setup():
     return tx, loop.make_train_step(toy_loss, tx, accum_steps=2, learning_rate_fn=schedule)
 
 
-def toy_run(workdir, total_steps, nan_at=None, **kwargs):
+def toy_run(workdir, total_steps, nan_at=None, zero_at=(), **kwargs):
     tx, step = toy_setup()
     params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros((2,))}
     state = create_train_state(params, tx, jax.random.PRNGKey(42))
     kwargs = {"checkpoint_every": 2, "progress": False, **kwargs}
     return loop.train_loop(
         train_step=step, state=state, workdir=str(workdir), total_steps=total_steps,
-        data=loop.IndexedBatches(functools.partial(toy_batch, nan_at=nan_at)), **kwargs)
+        data=loop.IndexedBatches(functools.partial(toy_batch, nan_at=nan_at,
+                                                   zero_at=zero_at)), **kwargs)
 
 
 def training_records(workdir):
@@ -271,6 +272,38 @@ def test_exact_resume_after_crash(tmp_path, straight):
             assert record[key] == pytest.approx(ref[key], abs=1e-6), (record["step"], key)
 
 
+def test_torn_last_metrics_line_is_dropped_on_resume(tmp_path, straight, caplog):
+    # Issue 20 item 3: a crash in the middle of writing a record leaves a line without its
+    # end; it used to stop every later resume with "not a JSON object".
+    _, records_ref = straight
+
+    def crash_at_3(step, state, step_metrics):
+        if step == 3:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        toy_run(tmp_path, total_steps=6, callbacks=[crash_at_3])
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "loss": 0.12')  # the torn write
+    with caplog.at_level("WARNING"):
+        state = toy_run(tmp_path, total_steps=6)
+    assert int(state.step) == 6
+    assert "metrics.jsonl:4: dropping a torn last line" in caplog.text
+    records = training_records(tmp_path)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]  # 3 (after the save) redone once
+    assert [r["loss"] for r in records] == pytest.approx([r["loss"] for r in records_ref],
+                                                         abs=1e-6)
+
+
+def test_bad_line_inside_metrics_is_an_error_naming_it(tmp_path):
+    # A complete line that is not JSON is not a torn write: it is not silently dropped.
+    toy_run(tmp_path, total_steps=2)
+    text = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "metrics.jsonl").write_text(text[0] + "\n{oops\n" + text[1] + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON object .*5 bytes long"):
+        toy_run(tmp_path, total_steps=2)  # the resume (at 2) reads metrics.jsonl
+
+
 def test_sigterm_saves_at_that_step_and_resume_continues(tmp_path, straight):
     params_ref, records_ref = straight
     previous_handler = signal.getsignal(signal.SIGTERM)
@@ -281,10 +314,11 @@ def test_sigterm_saves_at_that_step_and_resume_continues(tmp_path, straight):
 
     state = toy_run(tmp_path, total_steps=6, checkpoint_every=100, callbacks=[preempt_at_3])
     assert int(state.step) == 3  # returned early, cleanly
+    assert loop.stopped(str(tmp_path)) == loop.Stopped("SIGTERM", 3)  # and says why
     assert signal.getsignal(signal.SIGTERM) is previous_handler
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
     state = toy_run(tmp_path, total_steps=6, checkpoint_every=100)
-    assert int(state.step) == 6
+    assert int(state.step) == 6 and loop.stopped(str(tmp_path)) is None
     assert_close(jax.device_get(state.params), params_ref, atol=1e-6)
     assert [r["loss"] for r in training_records(tmp_path)] == pytest.approx(
         [r["loss"] for r in records_ref], abs=1e-6)
@@ -297,6 +331,19 @@ def test_nan_loss_stops_at_its_step(tmp_path):
     records = metrics.read_metrics(str(tmp_path))
     assert records[-1]["step"] == 3 and records[-1]["loss"] is None
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]  # nothing saved at 3
+
+
+def test_nan_stop_names_the_step_training_first_broke_down(tmp_path):
+    # Issue 20 item 8: lr=1e6 was caught at step 3 while step 2 had already collapsed
+    # (finite loss, gradient exactly 0). Batch 1 (step 2) has no weight: a zero gradient.
+    expected = (r"non-finite loss = nan at step 3 .*training broke down first at step 2: "
+                r"grad_norm exactly 0 .*last checkpoint: step 2")
+    with pytest.raises(FloatingPointError, match=expected):
+        toy_run(tmp_path, total_steps=6, nan_at=2, zero_at=(1,))
+    # A zero gradient followed by healthy steps is not what broke a later NaN.
+    with pytest.raises(FloatingPointError) as error:
+        toy_run(tmp_path / "later", total_steps=6, nan_at=3, zero_at=(1,))
+    assert "at step 4" in str(error.value) and "broke down first" not in str(error.value)
 
 
 def test_outputs_logging_cadence_and_eval(tmp_path):

@@ -14,7 +14,7 @@ import os
 from absl import app, flags
 import numpy as np
 
-from she_jax import run_dir
+from she_jax import run_dir, workdir_lock
 from she_jax.data import sources
 from she_jax.eval import deploy, evaluate, metrics
 from she_jax.train import data_check
@@ -77,8 +77,10 @@ def compare_runs(workdir_a: str, workdir_b: str, beta: float) -> dict[str, dict]
 def main(argv: list[str]) -> None:
     del argv
     workdir = _WORKDIR.value
-    eval_dict = (reevaluate(workdir, _BETA.value, _SPLITS.value, _MAX_EXAMPLES.value)
-                 if _REEVAL.value else None)
+    eval_dict = None
+    if _REEVAL.value:
+        with workdir_lock.locked(workdir):  # a training run may be writing eval.json too
+            eval_dict = reevaluate(workdir, _BETA.value, _SPLITS.value, _MAX_EXAMPLES.value)
     if _COMPARE.value:
         beta = _BETA.value
         if beta is None:

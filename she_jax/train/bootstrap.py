@@ -93,14 +93,16 @@ def init_model(config: ml_collections.ConfigDict, tokenizer: tokenizer_lib.Token
 def start_run(config: ml_collections.ConfigDict, workdir: str
               ) -> tuple[dict[str, list[dict]], tokenizer_lib.Tokenizer,
                          transformer.ModelConfig, Any]:
-    """What every trainer does first: writes config.json, joins the distributed run, loads
+    """What every trainer does first: joins the distributed run, locks the workdir, checks a
+    resume's config and writes config.json (`she_jax.train.workdir.open_run`), loads
     the splits and the tokenizer, and builds the starting model. Returns (splits,
     tokenizer, model_config, params)."""
     from she_jax import parallel
-    from she_jax.train import metrics as metrics_lib
+    from she_jax.train import workdir as workdir_lib
 
-    metrics_lib.write_config(config, workdir)
     parallel.initialize_distributed(config.distributed)
+    # The workdir lock, the resume's config check against config.json, then config.json.
+    workdir_lib.open_run(config, workdir)
     splits = load_data(config)
     tokenizer = get_tokenizer(config, workdir, splits)
     # A resume refuses a tokenizer/ other than the one its checkpoints trained with.

@@ -30,6 +30,12 @@ def train_config() -> ml_collections.ConfigDict:
     # sampling inside the loss). Data order has its own seed in the data section.
     config.seed = 0
 
+    # she_jax.train.workdir.check_resume_config: a rerun on a workdir with a checkpoint
+    # resumes it; 'error' stops when the config differs from its config.json outside
+    # workdir.RESUME_MAY_CHANGE (total steps, eval, logging, ...), 'allow' resumes anyway
+    # and records the change in config_changes.jsonl.
+    config.resume_mismatch = "error"
+
     # she_jax.train.optim.make_optimizer / make_lr_schedule.
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.lr = 1e-3  # peak learning rate, reached at the end of warm-up

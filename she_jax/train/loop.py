@@ -26,8 +26,10 @@ non-finite, before any checkpoint could store the bad parameters.
 
 from collections.abc import Callable, Iterator, Sequence
 import contextlib
+import dataclasses
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -266,14 +268,55 @@ class _StopOnSignal(contextlib.AbstractContextManager):
         return bool(np.any(flags))
 
 
-def _check_finite(step: int, metrics: dict[str, float], last_checkpoint: int | None) -> None:
+def _degenerate(metrics: dict[str, float]) -> str | None:
+    """Why a step's update is broken, if it is: a non-finite loss or gradient norm, or a
+    gradient of exactly zero (what a collapsed model — saturated softmax, NaN-free but
+    dead — gives a step or two before its loss overflows)."""
+    for name in ("loss", "grad_norm"):
+        if name in metrics and not math.isfinite(metrics[name]):
+            return f"{name} = {metrics[name]}"
+    if metrics.get("grad_norm") == 0.0:
+        return f"grad_norm exactly 0 (loss {metrics.get('loss')})"
+    return None
+
+
+def _check_finite(step: int, metrics: dict[str, float], last_checkpoint: int | None,
+                  degenerate_since: tuple[int, str] | None = None,
+                  resumed_at: int = 0) -> None:
+    """Raises FloatingPointError on a non-finite metric, naming the step, the metric and
+    the first step of the run of broken updates that led to it (`degenerate_since`)."""
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
     if bad:
         name = "loss" if "loss" in bad else next(iter(bad))  # the loss is the usual culprit
         value = bad[name]
+        history = ""
+        if degenerate_since is not None and degenerate_since[0] < step:
+            first, why = degenerate_since
+            history = (f"; training broke down first at step {first}: {why}"
+                       + (f" (or earlier: this attempt resumed at step {resumed_at})"
+                          if resumed_at and first == resumed_at + 1 else ""))
         raise FloatingPointError(
-            f"non-finite {name} = {value} at step {step} (all non-finite: {sorted(bad)}); "
-            f"stopped without saving; last checkpoint: step {last_checkpoint}")
+            f"non-finite {name} = {value} at step {step} (all non-finite: {sorted(bad)})"
+            f"{history}; stopped without saving; last checkpoint: step {last_checkpoint}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stopped:
+    """A train_loop ended early by a stop signal: which, and the step it saved."""
+    signal: str
+    step: int
+
+
+# Real path of a workdir -> how this process's latest train_loop on it was stopped.
+_STOPPED: dict[str, Stopped] = {}
+
+
+def stopped(workdir: str) -> Stopped | None:
+    """Whether this process's latest `train_loop` on `workdir` was stopped by SIGTERM /
+    SIGINT (None: it ran to its end or raised). A preemption signal asks the whole process
+    to stop, so whoever runs several trainings in a row (experiments.registry building a
+    chain) checks this and starts nothing more."""
+    return _STOPPED.get(os.path.realpath(workdir))
 
 
 def _data_position(data: Any) -> Any:
@@ -308,7 +351,10 @@ def train_loop(
         every step, before the next `next(data)` (so rollouts use the current params,
         and before the next step donates them); data.pop_metrics() -> {name: float} is
         called after every step and its metrics (rollout rewards, timings) are written
-        with that step's record.
+        with that step's record. data.rewind_logs(step) is called once before the first
+        step, after the position is restored (step 0 on a fresh start): an iterator that
+        appends to its own log (RL samples.jsonl) drops what an interrupted attempt wrote
+        after the checkpoint, as the loop does with metrics.jsonl.
       workdir: run directory (metrics.jsonl, tb/, checkpoints/).
       total_steps: the step count to reach (counting steps done before a resume).
       log_every: write metrics every N steps (and at the last step).
@@ -320,8 +366,11 @@ def train_loop(
       progress: show a progress bar (when stderr is a terminal).
     Returns the final state. On SIGTERM/SIGINT it saves a checkpoint at the current step
     and returns early, so `state.step < total_steps` tells the caller the run was
-    interrupted. A non-finite metric raises FloatingPointError naming the step and metric.
+    interrupted, and `stopped(workdir)` says by which signal. A non-finite metric raises
+    FloatingPointError naming the step and metric, and the first step of the broken
+    updates before it (non-finite, or a gradient of exactly zero).
     """
+    _STOPPED.pop(os.path.realpath(workdir), None)
     checkpointer = checkpoint_lib.TrainCheckpointer(workdir, checkpoint_every, checkpoint_keep)
     start = 0
     if checkpointer.latest_step() is not None:
@@ -333,7 +382,11 @@ def train_loop(
             logging.warning("resumed without restoring a data position: the data iterator "
                             "has no get_state/set_state, so batches will not match the first run")
         logging.info("resumed from %s at step %d", checkpointer.directory, start)
+    # Crash consistency: what an interrupted attempt logged after its last checkpoint is
+    # dropped (with a torn last line), so the logs of a resumed run equal a straight one's.
     metrics_lib.truncate_metrics(workdir, start)
+    if hasattr(data, "rewind_logs"):
+        data.rewind_logs(start)
     observe = getattr(data, "observe_state", None)
     pop_data_metrics = getattr(data, "pop_metrics", None)
     if observe is not None:
@@ -346,6 +399,7 @@ def train_loop(
             metrics_lib.MetricWriter(workdir, total_steps, start, progress))
         stop = stack.enter_context(_StopOnSignal())
         window_start, window_steps = time.perf_counter(), 0
+        degenerate_since = None  # (first step, why) of the current run of broken updates
         while step < total_steps:
             try:
                 batch = next(data)
@@ -365,8 +419,13 @@ def train_loop(
                 record.update(metrics)
                 record["perf/steps_per_sec"] = window_steps / max(elapsed, 1e-9)
                 window_start, window_steps = time.perf_counter(), 0
+            why = _degenerate(metrics)
+            if why is None:
+                degenerate_since = None
+            elif degenerate_since is None:
+                degenerate_since = (step, why)
             try:
-                _check_finite(step, metrics, last_saved)
+                _check_finite(step, metrics, last_saved, degenerate_since, start)
             except FloatingPointError:
                 writer.write(step, {**metrics, **record})
                 raise
@@ -381,8 +440,10 @@ def train_loop(
                 callback(step, state, metrics)
             if stop.requested():
                 checkpointer.save(state, _data_position(data), force=True)
+                received = stop.received or "another host's signal"
                 logging.warning("stopped by %s at step %d after saving a checkpoint",
-                                stop.received or "another host", step)
+                                received, step)
+                _STOPPED[os.path.realpath(workdir)] = Stopped(received, step)
                 return state
         checkpointer.save(state, _data_position(data), force=True)
     return state

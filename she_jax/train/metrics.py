@@ -3,7 +3,7 @@
 Only process 0 writes (multi-host runs would otherwise write N copies).
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 import json
 import logging
 import math
@@ -37,33 +37,71 @@ def write_config(config: Any, workdir: str) -> str:
     return path
 
 
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """The JSON objects of an append-only log, one per line, in file order.
+
+    A last line without its newline that is not valid JSON is a write cut short by a crash
+    (every record is written with its newline in one call): it is dropped with a warning,
+    and the resumed run writes that record again. Any other bad line is damage of another
+    kind and an error naming file and line.
+    """
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    unterminated = len(lines) - 1  # the piece after the last newline ('' if none)
+    records = []
+    for index, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            if index == unterminated:
+                logging.warning("%s:%d: dropping a torn last line (%d bytes, a write cut "
+                                "short by a crash): %s", path, index + 1, len(raw), e)
+                break
+            raise ValueError(f"{path}:{index + 1}: not a JSON object ({e}; the line is "
+                             f"{len(raw)} bytes long)") from e
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{index + 1}: not a JSON object")
+        records.append(record)
+    return records
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
     """All records of <workdir>/metrics.jsonl in file order ([] if there is none)."""
     path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not a JSON object ({e})") from e
-    return records
+    return read_jsonl(path) if os.path.exists(path) else []
+
+
+def truncate_jsonl(path: str, keep: Callable[[dict[str, Any]], bool]) -> int:
+    """Rewrites an append-only log with only the records `keep` accepts (and without a torn
+    last line); returns how many records it dropped. Atomic: a crash during the rewrite
+    leaves the old file. Only process 0 writes; a missing file is left missing."""
+    if not _is_writer() or not os.path.exists(path):
+        return 0
+    with open(path, "rb") as f:
+        before = f.read()
+    records = read_jsonl(path)
+    kept = [r for r in records if keep(r)]
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    if text.encode() == before:
+        return 0
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dropped = len(records) - len(kept)
+    if dropped:
+        logging.info("%s: dropped %d records written after the checkpoint resumed from",
+                     path, dropped)
+    return dropped
 
 
 def truncate_metrics(workdir: str, last_step: int) -> None:
     """Drops records with step > last_step, so a resumed run appends without duplicates."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not _is_writer() or not os.path.exists(path):
-        return
-    kept = [r for r in read_metrics(workdir) if r["step"] <= last_step]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, path)
+    truncate_jsonl(os.path.join(workdir, METRICS_FILE), lambda r: r["step"] <= last_step)
 
 
 def _to_float(value: Any) -> float:
