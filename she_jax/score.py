@@ -11,7 +11,9 @@ ignored (join the output back on `id`).
 Output: one JSON object per line, in input order: `id`, `query`, `item_title`, `probs`
 ({"L4", "L3", "L2", "L1"}: the label distribution), `label`, `tier` (CumPT at --beta: Good,
 Mid or Bad; she_jax.eval.deploy), `mode`, and with --explain `explanation`. It is written to
-`<output>.partial` and renamed to `<output>` once every row is in.
+`<output>.partial` and renamed to `<output>` once every row is in. A progress bar (pairs
+scored, pairs/s) goes to stderr; the summary line (pairs, mode, pairs/s, skipped rows by
+reason) to stdout.
 
 Modes, by the run's CoT order (eval.json meta.order):
   * answer_first_prefill: the distribution over the 4 label tokens after the prompt's
@@ -22,11 +24,13 @@ Modes, by the run's CoT order (eval.json meta.order):
     (slower); `label` is the label the model wrote (null if it wrote none); --explain adds
     the decoded text at no extra cost.
 
-Streaming: rows are read lazily and scored --batch_size at a time, each batch written before
-the next is read, so memory does not grow with the input. Every batch has --batch_size rows
-(a short last batch is filled with copies of its first row, whose results are dropped) and
-prompts are padded to bucketed lengths (`sampling.bucket_length`), so the compiled programs
-are reused from batch to batch.
+Streaming: rows are read lazily, a window of --window_batches batches at a time; a window is
+scored in batches of --batch_size prompts of similar length (sorted, so that a batch pads to
+a short length bucket) and written, in input order, before the next window is read, so
+memory does not grow with the input. Every batch has --batch_size rows (a short one is
+filled with copies of its first row, whose results are dropped) and prompts are padded to
+bucketed lengths (`sampling.bucket_length`), so the compiled programs are reused from batch
+to batch.
 
 Bad rows are handled as by she_jax.data.readers: a row that is not a JSON object, lacks a
 field, has a wrong type, bytes that are not UTF-8, or a prompt longer than the model takes is
@@ -188,13 +192,16 @@ def read_pairs(path: str, on_bad_row: str = "error",
 @dataclasses.dataclass(frozen=True)
 class ScoreOptions:
     """beta: CumPT threshold in (0, 1]; explain: add the decoded CoT; batch_size: pairs per
-    compiled batch; max_new_tokens: the CoT decode budget; on_bad_row: 'error' | 'skip'."""
+    compiled batch; max_new_tokens: the CoT decode budget; on_bad_row: 'error' | 'skip';
+    window_batches: batches read ahead and sorted by prompt length, so that a batch's
+    prompts share a length bucket (less padding); memory grows with it, not the input."""
 
     beta: float
     explain: bool = False
     batch_size: int = 64
     max_new_tokens: int = 128
     on_bad_row: str = "error"
+    window_batches: int = 8
 
     def __post_init__(self):
         if not 0.0 < self.beta <= 1.0:
@@ -206,6 +213,8 @@ class ScoreOptions:
                              f"got {self.max_new_tokens}")
         if self.on_bad_row not in ON_BAD_ROW:
             raise ValueError(f"on_bad_row must be one of {ON_BAD_ROW}, got {self.on_bad_row!r}")
+        if self.window_batches < 1:
+            raise ValueError(f"window_batches must be >= 1, got {self.window_batches}")
 
 
 def mode_of(order: str) -> str:
@@ -291,33 +300,43 @@ class Scorer:
     def score(self, pairs: Iterable[Pair], out: IO[str],
               skipped: collections.Counter | None = None,
               progress: tqdm.tqdm | None = None) -> int:
-        """Scores `pairs` batch by batch, writing one JSON line per pair to `out` as each
-        batch finishes. Returns the number of pairs written."""
+        """Scores `pairs` a window (window_batches batches) at a time, writing one JSON line
+        per pair to `out`, in input order, as each window finishes. Returns the number of
+        pairs written."""
         skipped = collections.Counter() if skipped is None else skipped
+        window_size = self.options.batch_size * self.options.window_batches
         iterator, written = iter(pairs), 0
-        while batch := list(itertools.islice(iterator, self.options.batch_size)):
-            batch, prompt_ids = self.encode(batch, skipped)
-            if not batch:
-                continue
-            probs, labels, texts = self.score_batch(prompt_ids)
-            tiers = deploy.cumpt_tiers(probs, self.options.beta)
-            for i, pair in enumerate(batch):
-                row = {"id": pair.id, "query": pair.query, "item_title": pair.item_title,
-                       "probs": {name: round(float(p), 6) for name, p in zip(st.LABELS, probs[i])},
-                       "label": labels[i], "tier": deploy.TIERS[tiers[i]], "mode": self.mode}
-                if self.options.explain:
-                    row["explanation"] = texts[i]
+        while window := list(itertools.islice(iterator, window_size)):
+            window, prompt_ids = self.encode(window, skipped)
+            rows: list[dict] = [{} for _ in window]
+            # Batches of similar lengths; each result goes back to its row.
+            by_length = np.argsort([len(ids) for ids in prompt_ids], kind="stable")
+            for start in range(0, len(window), self.options.batch_size):
+                members = by_length[start:start + self.options.batch_size]
+                probs, labels, texts = self.score_batch([prompt_ids[i] for i in members])
+                tiers = deploy.cumpt_tiers(probs, self.options.beta)
+                for k, i in enumerate(members):
+                    pair = window[i]
+                    rows[i] = {"id": pair.id, "query": pair.query, "item_title": pair.item_title,
+                               "probs": {name: round(float(p), 6)
+                                         for name, p in zip(st.LABELS, probs[k])},
+                               "label": labels[k], "tier": deploy.TIERS[tiers[k]],
+                               "mode": self.mode}
+                    if self.options.explain:
+                        rows[i]["explanation"] = texts[k]
+                if progress is not None:
+                    progress.update(len(members))
+            for row in rows:
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
             out.flush()
-            written += len(batch)
-            if progress is not None:
-                progress.update(len(batch))
+            written += len(rows)
         return written
 
 
 def score_file(workdir: str, input_path: str, output_path: str, *, beta: float | None = None,
                explain: bool = False, batch_size: int = 64, max_new_tokens: int | None = None,
-               on_bad_row: str = "error", show_progress: bool = True) -> dict[str, Any]:
+               on_bad_row: str = "error", window_batches: int = 8,
+               show_progress: bool = True) -> dict[str, Any]:
     """Scores every pair of `input_path` with the run in `workdir` into `output_path`.
 
     beta and max_new_tokens default to the run's eval.beta and eval.max_new_tokens. The run
@@ -328,7 +347,7 @@ def score_file(workdir: str, input_path: str, output_path: str, *, beta: float |
     run = run_dir_lib.load_run(workdir)
     options = ScoreOptions(
         beta=run.config.eval.beta if beta is None else beta, explain=explain,
-        batch_size=batch_size, on_bad_row=on_bad_row,
+        batch_size=batch_size, on_bad_row=on_bad_row, window_batches=window_batches,
         max_new_tokens=(run.config.eval.max_new_tokens if max_new_tokens is None
                         else max_new_tokens))
     scorer = Scorer(run, options)
@@ -360,6 +379,8 @@ _OUTPUT = flags.DEFINE_string("output", None, "Where to write the scored JSONL."
 _BETA = flags.DEFINE_float("beta", None, "CumPT threshold (default: the run's eval.beta).")
 _EXPLAIN = flags.DEFINE_bool("explain", False, "Add the decoded chain of thought.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Pairs per batch.")
+_WINDOW_BATCHES = flags.DEFINE_integer("window_batches", 8, "Batches read ahead and sorted "
+                                       "by prompt length (less padding).")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", None, "CoT decode budget (default: "
                                        "the run's eval.max_new_tokens).")
 _ON_BAD_ROW = flags.DEFINE_enum("on_bad_row", "error", ON_BAD_ROW,
@@ -372,6 +393,7 @@ def main(argv: list[str]) -> None:
     try:
         result = score_file(_WORKDIR.value, _INPUT.value, _OUTPUT.value, beta=_BETA.value,
                             explain=_EXPLAIN.value, batch_size=_BATCH_SIZE.value,
+                            window_batches=_WINDOW_BATCHES.value,
                             max_new_tokens=_MAX_NEW_TOKENS.value, on_bad_row=_ON_BAD_ROW.value)
     except (BadRowError, run_dir_lib.TokenizerMismatchError, hf.CheckpointError,
             FileNotFoundError) as e:

@@ -232,8 +232,9 @@ def test_bad_rows_name_file_and_line_or_are_skipped_and_counted(runs, tmp_path):
 
 def test_scoring_streams_batch_by_batch_and_reuses_compiled_shapes(runs):
     run = run_dir.load_run(runs.answer_first)
-    scorer = score.Scorer(run, score.ScoreOptions(beta=0.5, batch_size=BATCH))
-    records = sources.load_splits(runs.config.data)["dev"][:5 * BATCH]
+    window = 2 * BATCH
+    scorer = score.Scorer(run, score.ScoreOptions(beta=0.5, batch_size=BATCH, window_batches=2))
+    records = sources.load_splits(runs.config.data)["dev"][:5 * BATCH]  # windows 8, 8, 4
     pairs = [score.Pair(r["id"], r["query"], r["item_title"], "mem", f"line {i + 1}")
              for i, r in enumerate(records)]
     read = []
@@ -257,8 +258,12 @@ def test_scoring_streams_batch_by_batch_and_reuses_compiled_shapes(runs):
     traces = sampling.TRACE_COUNTS["score_labels"]
     out = Recorder()
     assert scorer.score(reader(pairs), out) == len(pairs)
-    # Output line k is written once its batch is scored, with at most that batch read.
-    assert out.read_at_write == [(k // BATCH + 1) * BATCH for k in range(len(pairs))]
+    # Output line k is written once its window is scored, with at most that window read,
+    # and in input order although a window is scored in batches sorted by length.
+    assert out.read_at_write == [min((k // window + 1) * window, len(pairs))
+                                 for k in range(len(pairs))]
+    assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == [
+        p.id for p in pairs]
     new_traces = sampling.TRACE_COUNTS["score_labels"] - traces
     buckets = {sampling.bucket_length(len(run.tokenizer.encode(
         cot.render_prompt(p.query, p.item_title))), 64) for p in pairs}
