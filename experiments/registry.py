@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import os
+import signal as signal_lib
 from typing import Any
 
 import ml_collections
@@ -62,6 +63,12 @@ class RunStopped(RuntimeError):
         super().__init__(message)
         self.signal = signal
         self.prerequisite = prerequisite
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number, the shell's code for a process ended by it."""
+        number = getattr(signal_lib.Signals, self.signal, signal_lib.SIGTERM)
+        return 128 + int(number)
 
 
 # A prerequisite built on the way to another run is evaluated on this much of `dev` only,
@@ -253,3 +260,13 @@ def run_config(config: ml_collections.ConfigDict, workdir: str) -> Any:
                          f"step {stop.step} in {workdir}; rerun the same command to resume",
                          stop.signal)
     return result
+
+
+def run_with_prerequisites(config: ml_collections.ConfigDict, workdir: str) -> Any:
+    """What `python -m experiments.run` does: builds the prerequisites, then runs `config`
+    in `workdir`, all under `workdir`'s lock, taken first so that a second command on the
+    same directory is refused at once rather than after waiting for the first one's
+    prerequisites. Raises RunStopped, WorkdirLocked, ConfigMismatchError."""
+    with workdir_lock(config, workdir):
+        build_prerequisites(config)
+        return run_config(config, workdir)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 
 from absl import app, flags
@@ -61,15 +60,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--config is required, e.g. --config=experiments/sft.py")
     workdir = _WORKDIR.value or registry.default_workdir(config)
     try:
-        # Locked before the prerequisites: a second command on this workdir is refused at
-        # once instead of waiting for the first one's prerequisites.
-        with registry.workdir_lock(config, workdir):
-            registry.build_prerequisites(config)
-            registry.run_config(config, workdir)
+        registry.run_with_prerequisites(config, workdir)
     except registry.RunStopped as stop:
         logging.error("%s", stop)
-        code = getattr(signal.Signals, stop.signal, signal.SIGTERM)
-        sys.exit(128 + int(code))  # the shell's convention for "ended by this signal"
+        sys.exit(stop.exit_code)
     except (workdir_lib.WorkdirLocked, workdir_lib.ConfigMismatchError) as e:
         sys.exit(f"error: {e}")
 

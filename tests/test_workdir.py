@@ -10,7 +10,6 @@ import sys
 import threading
 import types
 
-from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -18,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import grpo as grpo_config, registry, run, sft
+from experiments import grpo as grpo_config, registry, sft
 from she_jax import special_tokens as st, workdir_lock
 from she_jax.models import transformer
 from she_jax.rl import losses
@@ -302,9 +301,8 @@ def test_sigterm_in_a_prerequisite_stops_the_chain_and_the_rerun_resumes(tmp_pat
     monkeypatch.setattr(registry, "trainer_module", lambda name: _toy_trainer(preempt_at, ran))
 
     def run_chain():  # what experiments.run does
-        child = configs["toy_child"]()
-        registry.build_prerequisites(child)
-        return registry.run_config(child, str(tmp_path / "toy_child"))
+        return registry.run_with_prerequisites(configs["toy_child"](),
+                                               str(tmp_path / "toy_child"))
 
     parent_dir = str(tmp_path / "toy_parent")
     # Before: the stopped prerequisite returned, and the next stage started and failed
@@ -324,18 +322,19 @@ def test_sigterm_in_a_prerequisite_stops_the_chain_and_the_rerun_resumes(tmp_pat
         assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4]  # resumed at 2
 
 
-def test_experiments_run_exits_128_plus_the_signal(tmp_path, monkeypatch):
+def test_a_stopped_chain_releases_its_lock_and_exits_128_plus_the_signal(tmp_path,
+                                                                         monkeypatch):
+    # experiments.run exits with RunStopped.exit_code (launch.sweep reads 128 + n as
+    # "interrupted, rerun to resume").
     def stopped(config):
+        assert workdir_lock.holds(str(tmp_path / "run"))  # locked before the prerequisites
         raise registry.RunStopped("stopped by SIGTERM while building prerequisite sft_think "
                                   "in runs/sft_think; rerun the same command to resume",
                                   "SIGTERM", "sft_think")
 
     monkeypatch.setattr(registry, "build_prerequisites", stopped)
-    flags.FLAGS(["run", "--config=experiments/sft.py", f"--workdir={tmp_path / 'run'}"])
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            run.main(["run"])
-    finally:
-        flags.FLAGS.unparse_flags()
-    assert exit_info.value.code == 128 + signal.SIGTERM
+    with pytest.raises(registry.RunStopped) as stop:
+        registry.run_with_prerequisites(sft.get_config(), str(tmp_path / "run"))
+    assert stop.value.exit_code == 128 + signal.SIGTERM == 143
+    assert registry.RunStopped("", "SIGINT").exit_code == 130
     assert not workdir_lock.holds(str(tmp_path / "run"))  # released on the way out
