@@ -70,15 +70,18 @@ def holds(workdir: str) -> bool:
     return _key(workdir) in _HELD
 
 
-def acquire(workdir: str, *, wait: bool = False) -> bool:
+def acquire(workdir: str, *, wait: bool = False, create: bool = True) -> bool:
     """Takes `workdir`'s lock for this process; True if taken now, False if already held.
 
-    Creates the directory. With `wait`, blocks until the holder releases it (or dies),
-    logging who it waits for; without, raises WorkdirLocked naming the holder's pid.
+    Creates the directory (with `create`; else a missing one is FileNotFoundError). With
+    `wait`, blocks until the holder releases it (or dies), logging who it waits for;
+    without, raises WorkdirLocked naming the holder's pid.
     """
     key = _key(workdir)
     if key in _HELD:
         return False
+    if not create and not os.path.isdir(workdir):
+        raise FileNotFoundError(f"{workdir} does not exist: not a run directory")
     os.makedirs(workdir, exist_ok=True)
     path = lock_path(workdir)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by subprocesses
@@ -115,10 +118,10 @@ def release(workdir: str) -> None:
 
 
 @contextlib.contextmanager
-def locked(workdir: str, *, wait: bool = False) -> Iterator[None]:
-    """Holds `workdir`'s lock for the block; re-entrant (an inner block of the same process
-    on the same directory neither blocks nor releases)."""
-    taken = acquire(workdir, wait=wait)
+def locked(workdir: str, *, wait: bool = False, create: bool = True) -> Iterator[None]:
+    """Holds `workdir`'s lock for the block (see `acquire`); re-entrant (an inner block of
+    the same process on the same directory neither blocks nor releases)."""
+    taken = acquire(workdir, wait=wait, create=create)
     try:
         yield
     finally:

@@ -64,6 +64,10 @@ def test_second_process_on_a_workdir_is_refused_and_a_dead_holders_lock_is_taken
         assert result.returncode == 1, result.stderr[-2000:]
         assert f"is in use by pid {holder.pid} on host" in result.stderr
         assert os.listdir(workdir) == [".lock"]  # it wrote nothing
+        # Nor may the standalone evaluator rewrite eval.json under a running trainer.
+        result = subprocess.run([sys.executable, "-m", "she_jax.eval", f"--workdir={workdir}"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0 and f"in use by pid {holder.pid}" in result.stderr
         with pytest.raises(workdir_lock.WorkdirLocked, match=f"pid {holder.pid}"):
             workdir_lock.acquire(str(workdir))
     finally:
@@ -76,6 +80,9 @@ def test_second_process_on_a_workdir_is_refused_and_a_dead_holders_lock_is_taken
             assert workdir_lock.holds(str(workdir))
         assert workdir_lock.holds(str(workdir))
     assert not workdir_lock.holds(str(workdir))
+    with pytest.raises(FileNotFoundError, match="not a run directory"):  # eval's typo
+        workdir_lock.acquire(str(tmp_path / "typo"), create=False)
+    assert not os.path.exists(tmp_path / "typo")
 
 
 def test_prerequisite_held_by_another_process_is_waited_for(tmp_path, monkeypatch, caplog):

@@ -79,7 +79,8 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value
     eval_dict = None
     if _REEVAL.value:
-        with workdir_lock.locked(workdir):  # a training run may be writing eval.json too
+        # A training run in that directory may be writing eval.json too.
+        with workdir_lock.locked(workdir, create=False):
             eval_dict = reevaluate(workdir, _BETA.value, _SPLITS.value, _MAX_EXAMPLES.value)
     if _COMPARE.value:
         beta = _BETA.value
