@@ -290,6 +290,7 @@ class Sweep:
     trials: list[Trial]
     prerequisites: dict[str, Any] | None = None
     report: dict[str, Any] | None = None
+    label: str | None = None  # the name the cross-run report gives this sweep's setting
 
     @property
     def path(self) -> str:
@@ -299,7 +300,7 @@ class Sweep:
         record = {"config": self.config, "fixed": self.fixed, "out": self.out,
                   "updated": datetime.datetime.now().isoformat(timespec="seconds"),
                   "trials": [dataclasses.asdict(t) for t in self.trials]}
-        for key in ("prerequisites", "report"):
+        for key in ("prerequisites", "report", "label"):
             if getattr(self, key) is not None:
                 record[key] = getattr(self, key)
         return record

@@ -108,6 +108,7 @@ class Run:
     identity: dict[str, Any]  # the setting's keys: everything but seeds and run paths
     seed_value: tuple  # the SEED_KEYS values in config.json, None where absent
     seed_label: str = ""  # how the report names this run's seed (see label_seeds)
+    label: str | None = None  # the setting's name, when its sweep gave one (sweep.json 'label')
 
 
 @dataclasses.dataclass
@@ -179,25 +180,27 @@ def _run_path_keys(flat: Mapping[str, Any], config: Mapping) -> set[str]:
     return keys
 
 
-def load_run(workdir: str, overrides: Mapping[str, Any] | None = None) -> Run:
-    """Reads a run directory; `overrides` (a sweep trial's) define its setting when given."""
+def load_run(workdir: str, overrides: Mapping[str, Any] | None = None,
+             label: str | None = None) -> Run:
+    """Reads a run directory; `overrides` (a sweep trial's) define its setting when given
+    (less seeds and run paths, e.g. a per-seed init_dir); `label` names that setting."""
     config = _read_json(os.path.join(workdir, "config.json"))
     if not isinstance(config, dict):
         raise ValueError(f"{os.path.join(workdir, 'config.json')}: expected a JSON object")
     eval_dict = eval_report.read_eval_json(os.path.join(workdir, "eval.json"))
+    flat = _flatten(config)
+    dropped = set(SEED_KEYS) | _run_path_keys(flat, config)
     if overrides is not None:
         identity = {}
         for key, value in overrides.items():
             key = key.removeprefix("config.")
-            if key not in SEED_KEYS:
+            if key not in dropped:
                 identity[key] = value
     else:
-        flat = _flatten(config)
-        dropped = set(SEED_KEYS) | _run_path_keys(flat, config)
         identity = {k: v for k, v in flat.items() if k not in dropped}
     name = str(config.get("name") or os.path.basename(os.path.normpath(workdir)))
     return Run(workdir, config, eval_dict, name, identity,
-               tuple(config.get(key) for key in SEED_KEYS))
+               tuple(config.get(key) for key in SEED_KEYS), label=label)
 
 
 def _resolve_trial_dir(sweep_file: str, workdir: str) -> str:
@@ -237,7 +240,8 @@ def read_sweep(sweep_file: str) -> list[dict[str, Any]]:
         if not isinstance(overrides, Mapping):
             raise ValueError(f"{sweep_file}: trials[{i}].overrides is not an object")
         out.append({"workdir": _resolve_trial_dir(sweep_file, trial["workdir"]),
-                    "overrides": {**common, **overrides}, "status": trial.get("status")})
+                    "overrides": {**common, **overrides}, "status": trial.get("status"),
+                    "label": data.get("label") if isinstance(data, Mapping) else None})
     return out
 
 
@@ -248,11 +252,12 @@ def load_runs(paths: Sequence[str]) -> tuple[list[Run], list[str]]:
     warnings: list[str] = []
     seen: set[str] = set()
 
-    def add(workdir: str, overrides: Mapping[str, Any] | None = None) -> None:
+    def add(workdir: str, overrides: Mapping[str, Any] | None = None,
+            label: str | None = None) -> None:
         real = os.path.realpath(workdir)
         if real not in seen:
             seen.add(real)
-            runs.append(load_run(workdir, overrides))
+            runs.append(load_run(workdir, overrides, label))
 
     for path in paths:
         if not os.path.isdir(path):
@@ -261,7 +266,7 @@ def load_runs(paths: Sequence[str]) -> tuple[list[Run], list[str]]:
         if os.path.isfile(sweep_file):
             for trial in read_sweep(sweep_file):
                 if is_run_dir(trial["workdir"]):
-                    add(trial["workdir"], trial["overrides"])
+                    add(trial["workdir"], trial["overrides"], trial["label"])
                 else:
                     warnings.append(f"{sweep_file}: trial {trial['workdir']} (status "
                                     f"{trial['status']}) has no eval.json; left out")
@@ -317,7 +322,7 @@ def group_settings(runs: Sequence[Run]) -> list[Setting]:
                           else f"{k}=(default)" for k in distinct)
         if len(config_names) > 1 or not label:
             label = f"{run.config_name} {label}".strip()
-        names.append(label)
+        names.append(run.label or label)
         distincts.append(distinct)
     for i, name in enumerate(names):  # identical names cannot be told apart: number them
         if names.count(name) > 1:

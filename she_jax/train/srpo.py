@@ -37,9 +37,11 @@ def srpo_section() -> ml_collections.ConfigDict:
 
 def needs_prerequisite(config: ml_collections.ConfigDict, name: str) -> bool:
     """experiments.registry hook: the reward model run is built only when a step-reward
-    source reads it."""
+    source reads it, the SFT run's pass rates only when the curriculum is on."""
     if name == "genrm":
         return config.srpo.step_reward.source in GENRM_SOURCES
+    if name == "sft_think":  # the pass rates the curriculum selects prompts by
+        return bool(config.get("curriculum", {}).get("enabled", False))
     return True
 
 

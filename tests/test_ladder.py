@@ -1,0 +1,81 @@
+"""experiments.ladder: the plan of runs (no training) and how the report names them."""
+
+import json
+import os
+
+import pytest
+
+from experiments import ladder
+from launch import sweep as sweep_lib
+from she_jax.eval import compare
+from test_compare import write_run
+
+
+def _flag(command, key):
+    hits = [a.split("=", 1)[1] for a in command if a.startswith(f"--config.{key}=")]
+    return hits[0] if hits else None
+
+
+def test_plan_starts_every_method_from_the_sft_run_of_its_seed(tmp_path):
+    out = str(tmp_path / "ladder")
+    sweeps = ladder.plan(["grpo", "srpo", "dpo"], ["0", "3"], out, world_seed=2,
+                         test_size=2000, updates=40,
+                         rl_overrides=[("optimizer.lr", "2e-05")])
+    assert [s.label for s in sweeps] == ["sft", "grpo", "srpo", "dpo"]  # SFT first
+    for sweep in sweeps:
+        assert [t.name for t in sweep.trials] == ["seed0", "seed3"]
+        for trial, seed in zip(sweep.trials, ("0", "3")):
+            assert trial.workdir == os.path.join(out, sweep.label, f"seed{seed}")
+            assert f"--workdir={trial.workdir}" in trial.command
+            assert _flag(trial.command, "seed") == seed == _flag(trial.command, "data_seed")
+            assert _flag(trial.command, "data.world_overrides.seed") == "2"
+            assert _flag(trial.command, "data.world_overrides.test_size") == "2000"
+            start = _flag(trial.command, "init_dir")
+            if sweep.label == "sft":
+                assert start is None
+            else:
+                assert start == os.path.join(out, "sft", f"seed{seed}")
+            rl_method = sweep.label in ("grpo", "srpo")
+            assert (_flag(trial.command, "optimizer.lr") == "2e-05") == rl_method
+            assert (_flag(trial.command, "optimizer.total_steps") == "40") == rl_method
+    srpo = sweeps[2].trials[0].command
+    assert _flag(srpo, "curriculum.enabled") == "False"
+    assert _flag(srpo, "srpo.step_reward.source") == "verifier"
+
+
+def test_plan_rejects_an_unknown_method_or_key(tmp_path):
+    with pytest.raises(sweep_lib.SweepError, match="unknown"):
+        ladder.plan(["ppo"], ["0"], str(tmp_path))
+    with pytest.raises(sweep_lib.SweepError, match="optimizer.lrr"):
+        ladder.plan(["grpo"], ["0"], str(tmp_path), rl_overrides=[("optimizer.lrr", "1")])
+
+
+def test_dry_run_prints_one_command_per_run(tmp_path, capsys):
+    code = ladder.main(["ladder", "--dry_run", "--seeds=0,1", "--methods=grpo",
+                        f"--out={tmp_path}"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and len(lines) == 4
+    assert all("-m experiments.run" in line for line in lines)
+
+
+def _fake_run(workdir, name, seed, init_dir=""):
+    config = {"name": name, "seed": seed, "data_seed": seed, "init_dir": init_dir}
+    write_run(workdir, config, {"dev": ([0, 2, 1, 3], [0, 0, 1, 3], None)})
+
+
+def test_report_names_settings_by_method_and_groups_seeds_despite_their_start(tmp_path):
+    """A method's runs differ in their seeds and in their per-seed SFT start (init_dir);
+    the report groups them as one setting, named by the ladder's label."""
+    out = str(tmp_path)
+    sweeps = ladder.plan(["grpo"], ["0", "1"], out)
+    for sweep in sweeps:
+        for trial, seed in zip(sweep.trials, (0, 1)):
+            _fake_run(trial.workdir, "sft_think" if sweep.label == "sft" else "grpo", seed,
+                      "" if sweep.label == "sft" else os.path.join(out, "sft", f"seed{seed}"))
+            trial.status = "finished"
+        sweep.write()
+    report = compare.build_report([s.out for s in sweeps], out_dir=str(tmp_path / "r"),
+                                  baseline="sft", n_resamples=50)
+    names = [s["name"] for s in report["settings"]]
+    assert names == ["sft", "grpo"]
+    assert all(len(s["runs"]) == 2 for s in report["settings"])
