@@ -372,29 +372,32 @@ def score_file(workdir: str, input_path: str, output_path: str, *, beta: float |
 
 # ------------------------------------------------------------------------------ command line
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A finished run directory.", required=True)
-_INPUT = flags.DEFINE_string("input", None, "Pairs to score: .jsonl or .csv.", required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "Where to write the scored JSONL.",
-                              required=True)
-_BETA = flags.DEFINE_float("beta", None, "CumPT threshold (default: the run's eval.beta).")
-_EXPLAIN = flags.DEFINE_bool("explain", False, "Add the decoded chain of thought.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Pairs per batch.")
-_WINDOW_BATCHES = flags.DEFINE_integer("window_batches", 8, "Batches read ahead and sorted "
-                                       "by prompt length (less padding).")
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", None, "CoT decode budget (default: "
-                                       "the run's eval.max_new_tokens).")
-_ON_BAD_ROW = flags.DEFINE_enum("on_bad_row", "error", ON_BAD_ROW,
-                                "error: stop at a bad row, naming file and line; skip: skip "
-                                "and count it.")
+
+def _define_flags() -> None:
+    """The command line's flags, defined only when this module runs as the program: the
+    library must stay importable beside other absl programs' flags (e.g. she_jax.eval's
+    --workdir) in one process."""
+    flags.DEFINE_string("workdir", None, "A finished run directory.", required=True)
+    flags.DEFINE_string("input", None, "Pairs to score: .jsonl or .csv.", required=True)
+    flags.DEFINE_string("output", None, "Where to write the scored JSONL.", required=True)
+    flags.DEFINE_float("beta", None, "CumPT threshold (default: the run's eval.beta).")
+    flags.DEFINE_bool("explain", False, "Add the decoded chain of thought.")
+    flags.DEFINE_integer("batch_size", 64, "Pairs per batch.")
+    flags.DEFINE_integer("window_batches", 8, "Batches read ahead and sorted by prompt "
+                         "length (less padding).")
+    flags.DEFINE_integer("max_new_tokens", None, "CoT decode budget (default: the run's "
+                         "eval.max_new_tokens).")
+    flags.DEFINE_enum("on_bad_row", "error", ON_BAD_ROW, "error: stop at a bad row, naming "
+                      "file and line; skip: skip and count it.")
 
 
 def main(argv: list[str]) -> None:
     del argv
+    f = flags.FLAGS
     try:
-        result = score_file(_WORKDIR.value, _INPUT.value, _OUTPUT.value, beta=_BETA.value,
-                            explain=_EXPLAIN.value, batch_size=_BATCH_SIZE.value,
-                            window_batches=_WINDOW_BATCHES.value,
-                            max_new_tokens=_MAX_NEW_TOKENS.value, on_bad_row=_ON_BAD_ROW.value)
+        result = score_file(f.workdir, f.input, f.output, beta=f.beta, explain=f.explain,
+                            batch_size=f.batch_size, window_batches=f.window_batches,
+                            max_new_tokens=f.max_new_tokens, on_bad_row=f.on_bad_row)
     except (BadRowError, run_dir_lib.TokenizerMismatchError, hf.CheckpointError,
             FileNotFoundError) as e:
         # The user's input or run directory, not she_jax: the message says what to fix.
@@ -406,4 +409,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
