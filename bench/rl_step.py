@@ -54,9 +54,10 @@ goal), per-phase medians of both sides, all step times, the tokens each side gen
 sample, the load average at the start, and a same-model logit check.
 Progress, with both sides' phases per step, goes to stderr.
 Expected runtime on 2 CPU cores, per config, beta and precision (4 steps of each side plus
-start-up and our compile), measured at float32: tiny about 2 minutes on a quiet machine (TRL ~6 s/step), 5 at load
-average 5 (TRL 45-60 s/step); small, where TRL takes ~50 s/step on a quiet machine and
-160-220 s at load 5, about 12 minutes at load 5 even with `--repeats=1`.
+start-up and our compile), measured at float32: tiny about 2 minutes on a quiet machine
+(TRL ~6 s/step), 5 at load average 5 (TRL 45-60 s/step); small, where TRL takes ~50 s/step
+on a quiet machine and 160-220 s at load 5, about 12 minutes at load 5 even with
+`--repeats=1`.
 """
 
 from __future__ import annotations
