@@ -340,8 +340,8 @@ def score_file(workdir: str, input_path: str, output_path: str, *, beta: float |
     """Scores every pair of `input_path` with the run in `workdir` into `output_path`.
 
     The options are ScoreOptions'; beta and max_new_tokens default to the run's eval.beta
-    and eval.max_new_tokens. The run
-    is loaded (and its tokenizer checked against its model) before the input is read.
+    and eval.max_new_tokens. The run is loaded (and its tokenizer checked against its
+    model) before the input is read.
     Returns {'output', 'mode', 'scored', 'skipped' ({reason: count}), 'seconds',
     'pairs_per_second'}.
     """

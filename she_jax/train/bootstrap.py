@@ -160,4 +160,3 @@ def finish_training(config: ml_collections.ConfigDict, workdir: str,
 
 def load_data(config: ml_collections.ConfigDict) -> dict[str, list[dict]]:
     return sources.load_splits(config.data)
-
