@@ -1,4 +1,4 @@
-"""she_jax.train.data_check: every split a run uses is checked against its buckets and the
+"""she_jax.data.checks: every split a run uses is checked against its buckets and the
 model's length at start, and config.data.overlong decides (error / skip / truncate)."""
 
 import json
@@ -12,7 +12,8 @@ from experiments import sft as sft_experiment
 from she_jax.data import loader, shopworld
 from she_jax.eval import evaluate
 from she_jax.tokenizer import train_sentencepiece
-from she_jax.train import bootstrap, data_check
+from she_jax.data import checks as data_check
+from she_jax.train import bootstrap
 from she_jax.train.sft import training_orders
 
 SMALL_WORLD = dict(sft_size=96, rl_size=32, dev_size=16, test_size=8)

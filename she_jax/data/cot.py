@@ -310,3 +310,18 @@ def missing_facts(stated_facts: Sequence[str], annotated_facts: Sequence[str]) -
 def facts_match(stated_facts: Sequence[str], annotated_facts: Sequence[str]) -> bool:
     """True iff every annotated fact is stated (normalized; extra stated facts are allowed)."""
     return not missing_facts(stated_facts, annotated_facts)
+
+
+def training_orders(sft_config: Mapping) -> str | tuple[str, ...]:
+    """config.sft.order, or (order, *extra_orders) when extra orders are set (validated)."""
+    extra = tuple(sft_config.extra_orders)
+    if sft_config.order not in ORDERS:
+        raise ValueError(f"config.sft.order: {sft_config.order!r} is not one of {ORDERS}")
+    for name in extra:
+        if name not in TRAINING_ORDERS:
+            raise ValueError(f"config.sft.extra_orders: {name!r} is not one of "
+                             f"{TRAINING_ORDERS}")
+    if sft_config.order in extra or len(set(extra)) != len(extra):
+        raise ValueError(f"config.sft.extra_orders {extra} must not repeat an order or "
+                         f"config.sft.order ({sft_config.order!r})")
+    return (sft_config.order, *extra) if extra else sft_config.order

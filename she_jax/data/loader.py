@@ -19,7 +19,7 @@ step — either through grain's iterator state (`it.get_state()` / `it.set_state
 
 `fit_records` makes records fit a length limit before any dataset is built (error, skip,
 or cut the item title), measured by `record_lengths` exactly as the datasets measure them;
-she_jax.train.data_check runs it on every split a run uses before the first step.
+she_jax.data.checks runs it on every split a run uses before the first step.
 
 Batch keys (B = batch_size, T = the bucket length of that batch):
   tokens [B, T] int32, attention_mask [B, T] bool (True on real tokens),

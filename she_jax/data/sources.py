@@ -88,7 +88,7 @@ def data_config() -> ml_collections.ConfigDict:
     c.on_bad_row = "error"  # readers: 'error' stops at a bad row; 'skip' skips and counts it
     c.max_examples_per_split = 0  # > 0 truncates every split (quick experiments)
     # A record too long for the run's buckets or model (checked for every split the run uses
-    # before the first step, she_jax.train.data_check): 'error' names it and stops; 'skip'
+    # before the first step, she_jax.data.checks): 'error' names it and stops; 'skip'
     # leaves it out (counted and logged); 'truncate' cuts its item title to fit.
     c.overlong = "error"
     return c

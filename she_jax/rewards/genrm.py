@@ -63,7 +63,7 @@ from she_jax.data.cot import ParsedCoT
 from she_jax.data.shopworld import annotate, labels as rules
 from she_jax.models import transformer
 from she_jax.rewards import verifier
-from she_jax.train import bootstrap
+from she_jax import run_dir as run_dir_lib
 
 VERDICT_WORDS = ("yes", "no")  # verdict index 0 = step correct, 1 = step incorrect
 NUM_STEPS = len(st.STEP_NAMES)
@@ -494,10 +494,8 @@ class StepRewardModel:
              dtype: str | None = None, **kwargs: Any) -> StepRewardModel:
         """The model a finished genrm run exported (<run_dir>/model and tokenizer/), run in
         compute dtype `dtype` ('float32' | 'bfloat16'; None: float32)."""
-        from she_jax import tokenizer as tokenizer_lib
-
-        model_config, params = bootstrap.load_run_model(run_dir, dtype)
-        tokenizer = tokenizer_lib.load_tokenizer(os.path.join(run_dir, bootstrap.TOKENIZER_DIR))
+        model_config, params = run_dir_lib.load_model(run_dir, dtype)
+        tokenizer = run_dir_lib.load_tokenizer(run_dir)
         return cls(model_config, params, tokenizer, devices, **kwargs)
 
     def score_steps(self, steps: Sequence[Mapping[str, Sequence[str]]],

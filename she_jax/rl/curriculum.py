@@ -88,12 +88,11 @@ def load_or_estimate(section: Any, records: Sequence[Mapping], seed: int) -> dic
         if cached.get("settings") == settings:
             return cached["pass_rates"]
         logging.info("curriculum: %s was made with other settings; re-estimating", path)
-    from she_jax.tokenizer import load_tokenizer
-    from she_jax.train.bootstrap import TOKENIZER_DIR, load_run_model, run_order
+    from she_jax import run_dir as run_dir_lib
 
-    order = run_order(run_dir)
-    model_config, params = load_run_model(run_dir)
-    tokenizer = load_tokenizer(os.path.join(run_dir, TOKENIZER_DIR))
+    order = run_dir_lib.run_order(run_dir)
+    model_config, params = run_dir_lib.load_model(run_dir)
+    tokenizer = run_dir_lib.load_tokenizer(run_dir)
     pool = _pool(records, section.pool_size, seed)
     rates = estimate_pass_rates(model_config, params, tokenizer, pool, order,
                                 section.num_samples, section.max_new_tokens, section.batch,

@@ -109,7 +109,7 @@ def start_run(config: ml_collections.ConfigDict, workdir: str
     run_dir.check_checkpoint_tokenizer(workdir)
     model_config, params = init_model(config, tokenizer, jax.random.PRNGKey(config.seed))
     # Every split the run uses, against its buckets and the model's length, before step 1.
-    from she_jax.train import data_check
+    from she_jax.data import checks as data_check
     splits = data_check.check_lengths(config, splits, tokenizer, model_config.max_seq_len)
     return splits, tokenizer, model_config, params
 

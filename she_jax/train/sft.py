@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from she_jax.data import cot, loader, sources
+from she_jax.data.cot import training_orders  # the orders SFT trains on
 from she_jax.eval import evaluate
 from she_jax.models import transformer
 from she_jax.train import bootstrap, loop
@@ -153,21 +154,6 @@ def sft_loss_fn(model_config: transformer.ModelConfig, label_ids: tuple[int, ...
         return loss_sum, aux
 
     return loss_fn
-
-
-def training_orders(sft_config: ml_collections.ConfigDict) -> str | tuple[str, ...]:
-    """config.sft.order, or (order, *extra_orders) when extra orders are set (validated)."""
-    extra = tuple(sft_config.extra_orders)
-    if sft_config.order not in cot.ORDERS:
-        raise ValueError(f"config.sft.order: {sft_config.order!r} is not one of {cot.ORDERS}")
-    for name in extra:
-        if name not in cot.TRAINING_ORDERS:
-            raise ValueError(f"config.sft.extra_orders: {name!r} is not one of "
-                             f"{cot.TRAINING_ORDERS}")
-    if sft_config.order in extra or len(set(extra)) != len(extra):
-        raise ValueError(f"config.sft.extra_orders {extra} must not repeat an order or "
-                         f"config.sft.order ({sft_config.order!r})")
-    return (sft_config.order, *extra) if extra else sft_config.order
 
 
 class _Repeating:

@@ -29,7 +29,7 @@ from typing import Any
 
 import ml_collections
 
-from she_jax.data import loader
+from she_jax.data import cot, loader
 
 RL_TRAINERS = ("grpo", "srpo", "agrl")
 EVALUATING_TRAINERS = ("sft", "dpo", *RL_TRAINERS)
@@ -70,9 +70,7 @@ def length_limits(config: ml_collections.ConfigDict, max_seq_len: int, *,
     trainer = config.get("trainer", "")
     limits = []
     if training and trainer == "sft":
-        from she_jax.train.sft import training_orders
-
-        orders = training_orders(config.sft)
+        orders = cot.training_orders(config.sft)
         largest = int(max(config.sft.buckets))
         if largest <= max_seq_len:
             limits.append(LengthLimit(
