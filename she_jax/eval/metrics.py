@@ -15,6 +15,8 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -404,3 +406,13 @@ def gsb(preds_a: Any, preds_b: Any, y_true: Any, num_classes: int = NUM_CLASSES)
         "good_rate": good / n, "same_rate": same / n, "bad_rate": bad / n,
         "score": (good - bad) / n,
     }
+
+
+def pass_at_k(num_samples: int, num_correct: np.ndarray, k: int) -> float:
+    """Mean unbiased pass@k: 1 - C(n - c, k) / C(n, k) over prompts (Chen et al. 2021)."""
+    if not 1 <= k <= num_samples:
+        raise ValueError(f"k must be in [1, {num_samples}], got {k}")
+    c = np.asarray(num_correct)
+    values = [1.0 if num_samples - ci < k else 1.0 - math.comb(num_samples - ci, k)
+              / math.comb(num_samples, k) for ci in c]
+    return float(np.mean(values)) if values else 0.0

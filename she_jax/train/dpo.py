@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 from she_jax import sampling
 from she_jax.data import cot, sources
 from she_jax.eval import evaluate
+from she_jax.eval.metrics import pass_at_k  # pass@1..N of the sampled answers
 from she_jax.models import transformer
 from she_jax.rl import losses, rollout as rollout_lib
 from she_jax.rewards import outcome
@@ -47,16 +47,6 @@ def dpo_section() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0  # conservative DPO: probability that a preference is flipped
     c.oracle = True  # build oracle-guidance pairs (gold CoT chosen) for all-wrong prompts
     return c
-
-
-def pass_at_k(num_samples: int, num_correct: np.ndarray, k: int) -> float:
-    """Mean unbiased pass@k: 1 - C(n - c, k) / C(n, k) over prompts (Chen et al. 2021)."""
-    if not 1 <= k <= num_samples:
-        raise ValueError(f"k must be in [1, {num_samples}], got {k}")
-    c = np.asarray(num_correct)
-    values = [1.0 if num_samples - ci < k else 1.0 - math.comb(num_samples - ci, k)
-              / math.comb(num_samples, k) for ci in c]
-    return float(np.mean(values)) if values else 0.0
 
 
 def build_pairs(records: Sequence[Mapping], completions: Sequence[Sequence[list[int]]],

@@ -1,0 +1,116 @@
+r"""pass@1 against pass@k of a finished run, per split: how much room RL has.
+
+  python -m she_jax.eval.passk --workdir=runs/sft_think [--k=8] [--max_examples=200] \
+      [--splits=dev,test_longtail] [--temperature=1.0]
+
+RL raises pass@1 only toward what the policy can already sample, so pass@k bounds what
+sharpening can give. For each split, k answers per prompt are sampled from the run's model
+(temperature 1: the distribution RL samples from), parsed, and scored against the gold
+label; pass@j for j = 1..k uses the unbiased estimator (`metrics.pass_at_k`). Writes
+<workdir>/pass_at_k.json ({split: {'n', 'k', 'pass@1', ..., 'pass@k', 'format_valid',
+'num_correct', 'sampled_label_mix', 'gold_label_mix'}}) and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from absl import flags
+import jax
+import numpy as np
+
+from she_jax import run_dir as run_dir_lib
+from she_jax import sampling, special_tokens as st
+from she_jax.data import sources
+from she_jax.eval import evaluate, metrics
+from she_jax.rewards import outcome
+from she_jax.rl import rollout as rollout_lib
+
+OUTPUT_FILE = "pass_at_k.json"
+
+
+def split_pass_at_k(model_config, params, tokenizer, records: Sequence[Mapping], order: str, *,
+                    k: int, max_new_tokens: int, temperature: float = 1.0, batch: int = 16,
+                    seed: int = 0) -> dict:
+    """pass@1..k of k sampled answers per record, with the sampled and gold label mixes."""
+    sampler = sampling.Sampler(model_config, sampling.SamplingConfig(
+        temperature=temperature, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
+    prompt_len = rollout_lib.prompt_length_for(records, tokenizer)
+    num_correct = np.zeros(len(records), np.int64)
+    predicted: list[str | None] = []
+    valid = 0
+    for start in range(0, len(records), batch):
+        chunk = list(records[start:start + batch])
+        padded = chunk + [chunk[0]] * (batch - len(chunk))  # one compiled batch shape
+        rollouts = rollout_lib.generate_rollouts(
+            sampler, params, padded, tokenizer, jax.random.PRNGKey(seed + start),
+            group_size=k, max_new_tokens=max_new_tokens, prompt_len=prompt_len, order=order)
+        parsed = rollouts.parsed[:len(chunk)]
+        scores = outcome.outcome_rewards(parsed, chunk, outcome.outcome_config())
+        num_correct[start:start + len(chunk)] = scores["correct"].sum(axis=1)
+        predicted += [p.label for row in parsed for p in row]
+        valid += int(scores["format_valid"].sum())
+    n_samples = max(len(predicted), 1)
+    out = {"n": len(records), "k": k, "temperature": temperature,
+           **{f"pass@{j}": metrics.pass_at_k(k, num_correct, j) for j in range(1, k + 1)},
+           "format_valid": valid / n_samples, "num_correct": num_correct.tolist(),
+           "sampled_label_mix": {label: sum(p == label for p in predicted) / n_samples
+                                 for label in st.LABELS},
+           "gold_label_mix": {label: sum(r["label"] == label for r in records) / len(records)
+                              for label in st.LABELS}}
+    out["sampled_label_mix"]["invalid"] = sum(p not in st.LABELS for p in predicted) / n_samples
+    return out
+
+
+def run_pass_at_k(workdir: str, *, k: int = 8, splits: Sequence[str] | None = None,
+                  max_examples: int = 200, temperature: float = 1.0, batch: int = 16,
+                  seed: int = 0) -> dict:
+    """pass@k of every split of a finished run; writes <workdir>/pass_at_k.json."""
+    config = run_dir_lib.load_config(workdir)
+    order = run_dir_lib.run_order(workdir)
+    model_config, params = run_dir_lib.load_model(workdir, config.model.get("dtype"))
+    tokenizer = run_dir_lib.load_tokenizer(workdir)
+    data = sources.load_splits(config.data)
+    result = {}
+    for split in splits or evaluate.DEFAULT_SPLITS:
+        records = sources.require_split(data, split, "--splits")
+        if max_examples > 0:
+            records = records[:max_examples]
+        result[split] = split_pass_at_k(model_config, params, tokenizer, records, order, k=k,
+                                        max_new_tokens=config.eval.max_new_tokens,
+                                        temperature=temperature, batch=batch, seed=seed)
+        row = result[split]
+        print(f"{split:18s} n={row['n']:5d}  pass@1 {100 * row['pass@1']:5.1f}  "
+              f"pass@{k} {100 * row[f'pass@{k}']:5.1f}", flush=True)
+    path = os.path.join(workdir, OUTPUT_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"order": order, "splits": result}, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return result
+
+
+def main(argv: Sequence[str]) -> int:
+    fv = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "A finished run directory.", flag_values=fv)
+    flags.DEFINE_integer("k", 8, "Samples per prompt.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_list("splits", None, "Splits (default: dev and every test split).",
+                      flag_values=fv)
+    flags.DEFINE_integer("max_examples", 200, "Examples per split (0 = all).", flag_values=fv)
+    flags.DEFINE_float("temperature", 1.0, "Sampling temperature.", flag_values=fv)
+    flags.DEFINE_integer("batch", 16, "Prompts per sampling batch.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=fv)
+    fv(argv)
+    if not fv.workdir:
+        print("--workdir is required", file=sys.stderr)
+        return 2
+    run_pass_at_k(fv.workdir, k=fv.k, splits=fv.splits, max_examples=fv.max_examples,
+                  temperature=fv.temperature, batch=fv.batch, seed=fv.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

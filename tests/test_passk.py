@@ -1,0 +1,44 @@
+"""python -m she_jax.eval.passk on a tiny finished run."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import tiny_runs
+from she_jax.eval import passk
+
+
+@pytest.fixture(scope="module")
+def think_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("passk") / "sft")
+    tiny_runs.build_sft_run(workdir, order="think_first")
+    return workdir
+
+
+def test_pass_at_k_from_the_sampled_counts(think_run):
+    result = passk.run_pass_at_k(think_run, k=4, splits=["dev"], max_examples=8, batch=4)
+    row = result["dev"]
+    counts = np.array(row["num_correct"])
+    assert row["n"] == 8 and counts.shape == (8,) and ((0 <= counts) & (counts <= 4)).all()
+    assert row["pass@1"] == pytest.approx(counts.mean() / 4)
+    assert row["pass@4"] == pytest.approx((counts > 0).mean())
+    values = [row[f"pass@{j}"] for j in range(1, 5)]
+    assert values == sorted(values)
+    assert sum(row["sampled_label_mix"].values()) == pytest.approx(1.0)
+    assert sum(row["gold_label_mix"].values()) == pytest.approx(1.0)
+    with open(os.path.join(think_run, passk.OUTPUT_FILE)) as f:
+        assert json.load(f)["splits"]["dev"]["num_correct"] == row["num_correct"]
+
+
+def test_greedy_samples_are_all_alike(think_run):
+    row = passk.run_pass_at_k(think_run, k=3, splits=["dev"], max_examples=6, batch=3,
+                              temperature=0.0)["dev"]
+    assert set(row["num_correct"]) <= {0, 3}
+    assert row["pass@1"] == pytest.approx(row["pass@3"])
+
+
+def test_command_line_requires_a_workdir(capsys):
+    assert passk.main(["passk"]) == 2
+    assert "--workdir" in capsys.readouterr().err
