@@ -149,3 +149,26 @@ def test_shared_prompt_logprobs_with_a_one_token_completion():
                                       group_size=4)
     plain, _ = losses.token_logprobs(MODEL, params, tokens, mask, first_target=5)
     np.testing.assert_allclose(shared[:, 5:], plain[:, 5:], atol=1e-5)
+
+
+def test_dpo_nll_term_adds_the_chosen_mean_nll_per_pair():
+    """RPO: loss = DPO + nll_weight * sum over pairs of the chosen answer's mean token NLL."""
+    from she_jax.train import dpo
+
+    rng = np.random.default_rng(1)
+    params = transformer.init_params(MODEL, jax.random.PRNGKey(0))
+    rows, length = 4, 9  # 2 pairs: rows 0, 2 chosen; 1, 3 rejected
+    loss_mask = np.zeros((rows, length - 1), bool)
+    loss_mask[:, 3:] = True
+    loss_mask[0, 7] = False  # the first chosen answer is a token shorter
+    batch = {"tokens": rng.integers(2, 40, (rows, length)).astype(np.int32),
+             "attention_mask": np.ones((rows, length), bool), "loss_mask": loss_mask,
+             "ref_logp": np.array([-20.0, -21.0, -19.0, -18.0], np.float32)}
+    key = jax.random.PRNGKey(0)
+    plain, _ = dpo.dpo_loss_fn(MODEL, 0.1, 0.0)(params, batch, key)
+    rpo, aux = dpo.dpo_loss_fn(MODEL, 0.1, 0.0, nll_weight=0.5)(params, batch, key)
+    logp, _ = losses.token_logprobs(MODEL, params, batch["tokens"], batch["attention_mask"])
+    logp = np.asarray(logp)
+    chosen_nll = [-(logp[r] * loss_mask[r]).sum() / loss_mask[r].sum() for r in (0, 2)]
+    np.testing.assert_allclose(rpo - plain, 0.5 * sum(chosen_nll), rtol=1e-5)
+    np.testing.assert_allclose(aux["chosen_nll"][0], sum(chosen_nll), rtol=1e-5)

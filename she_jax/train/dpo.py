@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -46,6 +47,10 @@ def dpo_section() -> ml_collections.ConfigDict:
     c.beta = 0.1  # DPO inverse temperature
     c.label_smoothing = 0.0  # conservative DPO: probability that a preference is flipped
     c.oracle = True  # build oracle-guidance pairs (gold CoT chosen) for all-wrong prompts
+    # RPO (Pang et al. 2024): add nll_weight x the chosen answer's length-normalised NLL to
+    # each pair's loss. DPO alone can lower the chosen and the rejected answer together when
+    # they share most tokens (likelihood displacement); the NLL term keeps the chosen one up.
+    c.nll_weight = 0.0
     return c
 
 
@@ -128,18 +133,26 @@ def pair_arrays(pairs: Sequence[dict], tokenizer: Any, prompt_len: int, completi
 
 
 def dpo_loss_fn(model_config: transformer.ModelConfig, beta: float, label_smoothing: float,
-                first_target: int = 0):
+                first_target: int = 0, nll_weight: float = 0.0):
     """loss_fn for the train step; batch rows alternate chosen / rejected. Targets before
-    first_target (the prompt's) are masked and not projected to the vocabulary."""
+    first_target (the prompt's) are masked and not projected to the vocabulary.
+    nll_weight > 0 adds, per pair, nll_weight x the chosen answer's mean token NLL (RPO);
+    aux then has 'chosen_nll' (that mean, averaged over pairs)."""
 
     def loss_fn(params, batch, rng):
         del rng
         logp, _ = losses.token_logprobs(model_config, params, batch["tokens"],
                                         batch["attention_mask"], first_target=first_target)
         sums = losses.sequence_logprob_sums(logp, batch["loss_mask"])
-        return losses.dpo_loss(sums[0::2], sums[1::2], batch["ref_logp"][0::2],
-                               batch["ref_logp"][1::2], beta=beta,
-                               label_smoothing=label_smoothing)
+        loss_sum, aux = losses.dpo_loss(sums[0::2], sums[1::2], batch["ref_logp"][0::2],
+                                        batch["ref_logp"][1::2], beta=beta,
+                                        label_smoothing=label_smoothing)
+        if nll_weight:
+            lengths = jnp.maximum(batch["loss_mask"][0::2].sum(axis=1), 1).astype(jnp.float32)
+            chosen_nll = -sums[0::2] / lengths  # [P]
+            loss_sum = loss_sum + nll_weight * jnp.sum(chosen_nll)
+            aux = {**aux, "chosen_nll": (jnp.sum(chosen_nll), jnp.float32(chosen_nll.shape[0]))}
+        return loss_sum, aux
 
     return loss_fn
 
@@ -209,7 +222,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     params, mesh, rules = bootstrap.shard_model(config, model_config, params)
     state, step_fn = bootstrap.train_state_and_step(
         config, params,
-        dpo_loss_fn(model_config, section.beta, section.label_smoothing, prompt_len - 1),
+        dpo_loss_fn(model_config, section.beta, section.label_smoothing, prompt_len - 1,
+                    section.nll_weight),
         mesh, rules)
     state = loop.train_loop(
         train_step=step_fn, state=state, data=loop.IndexedBatches(batch_at), workdir=workdir,
