@@ -1,6 +1,7 @@
 """Policy and DPO losses: hand-computed values, gradients, and invariance of the train step
 to micro-batching, aggregation choice and sharding."""
 
+import dataclasses
 import functools
 import math
 
@@ -373,11 +374,11 @@ AGGREGATION_OPTIONS = {
 
 
 def bigram_logprobs(model_config, params, tokens, attention_mask, *, with_entropy=False,
-                    first_target=0, group_size=1):
+                    first_target=0, group_size=1, chunk=0):
     """A stand-in policy for `losses.token_logprobs`: next-token logits = a [V, V] table row
     of the current token. Same outputs and batch handling, a fraction of the transformer's
     compile time (the micro-batching test compiles 9 train steps)."""
-    del model_config, attention_mask
+    del model_config, attention_mask, chunk
     assert first_target == 0 and group_size == 1  # the options under test leave them be
     log_probs = jax.nn.log_softmax(params["table"][tokens[:, :-1]], axis=-1)
     logp = jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
@@ -544,3 +545,49 @@ def test_minibatches_and_micro_batches_hold_whole_groups():
     assert not np.array_equal(np.concatenate(parts[:3]), np.concatenate(parts[3:]))
     plain = rl_lib.minibatch_rows(8, 1, 1, 1, 1, np.random.default_rng(0))
     np.testing.assert_array_equal(plain[0], np.arange(8))
+
+
+# --------------------------------------------------- chunked vocabulary projection
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("first_target,group_size", [(0, 1), (PROMPT_LEN - 1, G)])
+def test_chunked_logprobs_equal_the_unchunked_values_and_gradients(dtype, first_target,
+                                                                   group_size):
+    """Chunks of 2 positions (with a padded last chunk: 9 or 5 projected positions) give
+    the log-probs, entropies and their parameter gradients of the one-piece projection."""
+    model = MODEL if dtype == "float32" else dataclasses.replace(MODEL, dtype=dtype)
+    batch, params = shared_prompt_batch(), params_on_host()
+    weights = np.random.default_rng(3).normal(size=(2, B * G, T - 1)).astype(np.float32)
+
+    def objective(params, chunk):
+        logp, entropy = losses.token_logprobs(
+            model, params, batch["tokens"], batch["attention_mask"], with_entropy=True,
+            first_target=first_target, group_size=group_size, chunk=chunk)
+        return jnp.sum(logp * weights[0] + entropy * weights[1]), (logp, entropy)
+
+    results = {}
+    for chunk in (0, 2):
+        (_, outputs), grads = jax.jit(jax.value_and_grad(objective, has_aux=True),
+                                      static_argnums=1)(params, chunk)
+        results[chunk] = jax.device_get((outputs, grads))
+    (outputs_0, grads_0), (outputs_2, grads_2) = results[0], results[2]
+    for ours, want in zip(outputs_2, outputs_0, strict=True):
+        np.testing.assert_allclose(ours, want, atol=2e-6, rtol=0)
+    assert np.abs(outputs_0[1][:, first_target:]).min() > 0.1  # entropies are real values
+    for (path, ours), want in zip(jax.tree_util.tree_leaves_with_path(grads_2),
+                                  jax.tree.leaves(grads_0), strict=True):
+        scale = np.abs(want).max()
+        assert scale > 0, path  # every parameter gets a gradient
+        np.testing.assert_allclose(ours, want, atol=2e-6 * scale, rtol=1e-5,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def test_chunked_loss_is_the_default_and_checked():
+    assert losses.PolicyLossConfig().logprob_chunk == losses.DEFAULT_LOGPROB_CHUNK > 0
+    assert rl_lib.rl_section().loss.logprob_chunk == losses.DEFAULT_LOGPROB_CHUNK
+    with pytest.raises(ValueError, match="logprob_chunk"):
+        losses.PolicyLossConfig(logprob_chunk=-1)
+    with pytest.raises(ValueError, match="chunk must be >= 0"):
+        losses.token_logprobs(MODEL, params_on_host(), rl_batch()["tokens"],
+                              rl_batch()["attention_mask"], chunk=-2)

@@ -56,12 +56,73 @@ def _grouped_hidden(model_config: transformer.ModelConfig, params: Any, tokens: 
     return hidden.reshape(n, t - prompt_len, -1)
 
 
+def _vocab_logprobs(model_config: transformer.ModelConfig, params: Any, hidden: jax.Array,
+                    targets: jax.Array, with_entropy: bool
+                    ) -> tuple[jax.Array, jax.Array | None]:
+    """hidden `[N, C, E]`, targets `[N, C]` -> (log p(target) `[N, C]`, entropy `[N, C]` or
+    None), through the `[N, C, V]` float32 logits of those positions.
+
+    The log-normalizer is computed once (one logsumexp over V) and shared: the target
+    log-prob is a gather minus it, and the entropy -sum p log p reads logits - log_z inside
+    one reduction that XLA fuses, so no second `[N, C, V]` (log-softmax) array is built.
+    """
+    logits = transformer.logits_from_hidden(model_config, params, hidden)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    logp = target_logits - log_z
+    if not with_entropy:
+        return logp, None
+    log_probs = logits - log_z[..., None]
+    return logp, -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+
+
+def _chunked_vocab_logprobs(model_config: transformer.ModelConfig, params: Any,
+                            hidden: jax.Array, targets: jax.Array, with_entropy: bool,
+                            chunk: int) -> tuple[jax.Array, jax.Array | None]:
+    """`_vocab_logprobs` over positions in chunks of `chunk`: the same values and gradients
+    with at most one `[N, chunk, V]` logits array alive at a time.
+
+    hidden `[N, T, E]`, targets `[N, T]`; T is padded up to a multiple of `chunk` (the
+    padded positions are dropped from the result, so they get no gradient). A `lax.scan`
+    runs the chunks; each chunk's body is rematerialised (`jax.checkpoint`), so the
+    backward pass recomputes that chunk's logits instead of the scan saving every chunk's
+    `[N, chunk, V]` residuals — which would add up to the full `[N, T, V]` again. The
+    price is one more vocab projection of the forward (about a third more projection work).
+    """
+    n, t, e = hidden.shape
+    num_chunks = -(-t // chunk)
+    pad = num_chunks * chunk - t
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    # [num_chunks, N, chunk, ...]: the scan walks the leading axis; rows stay the batch axis.
+    hidden_chunks = jnp.swapaxes(hidden.reshape(n, num_chunks, chunk, e), 0, 1)
+    target_chunks = jnp.swapaxes(targets.reshape(n, num_chunks, chunk), 0, 1)
+
+    @jax.checkpoint
+    def one_chunk(params, hidden_chunk, target_chunk):
+        return _vocab_logprobs(model_config, params, hidden_chunk, target_chunk, with_entropy)
+
+    def body(carry, xs):
+        return carry, one_chunk(params, *xs)
+
+    _, outputs = jax.lax.scan(body, None, (hidden_chunks, target_chunks))
+    unchunk = lambda x: jnp.swapaxes(x, 0, 1).reshape(n, num_chunks * chunk)[:, :t]
+    logp, entropy = outputs
+    return unchunk(logp), (unchunk(entropy) if with_entropy else None)
+
+
+# Positions per chunk of the vocabulary projection in `token_logprobs` (0: unchunked). At
+# 128 the tiny/small RL batches (<= 128 completion tokens) are one chunk, i.e. the plain
+# path; a Qwen-size batch (151,936 vocab) holds [N, 128, V] float32 logits at a time.
+DEFAULT_LOGPROB_CHUNK = 128
+
+
 @functools.partial(jax.jit, static_argnames=("model_config", "with_entropy", "first_target",
-                                             "group_size"))
+                                             "group_size", "chunk"))
 def token_logprobs(model_config: transformer.ModelConfig, params: Any, tokens: jax.Array,
                    attention_mask: jax.Array, *, with_entropy: bool = False,
-                   first_target: int = 0,
-                   group_size: int = 1) -> tuple[jax.Array, jax.Array | None]:
+                   first_target: int = 0, group_size: int = 1,
+                   chunk: int = DEFAULT_LOGPROB_CHUNK) -> tuple[jax.Array, jax.Array | None]:
     """Log-probs of the target tokens under the model, and optionally the entropies.
 
     tokens: [N, T] int32; attention_mask: [N, T] bool.
@@ -70,10 +131,12 @@ def token_logprobs(model_config: transformer.ModelConfig, params: Any, tokens: j
              or None unless with_entropy).
     The model runs on tokens[:, :-1]: causal attention makes its logits at every real
     position equal to forward(tokens)[:, :-1], without the last position's unused logits.
-    Memory: the [N, T-1, V] float32 logits are the vocab-sized array. The log-normalizer is
-    computed once (one logsumexp over V) and shared: the target log-prob is a gather minus
-    it, and the entropy -sum p log p reads logits - log_z inside one reduction that XLA
-    fuses, so no second [N, T-1, V] (log-softmax) array is built next to the logits.
+    Memory: the float32 logits are the vocab-sized array. chunk (static) > 0 projects
+    `chunk` positions at a time (`_chunked_vocab_logprobs`: [N, chunk, V] alive at once,
+    rematerialised in the backward pass, same values and gradients); 0, or a chunk that
+    covers every projected position, builds the [N, T-1, V] logits in one piece. At Qwen's
+    151,936 vocabulary 64 x 512 positions of float32 logits are 20 GB; 128 positions of
+    them 5 GB.
     first_target (static): targets before it are not needed (RL: the prompt, whose targets
     are masked out); the vocab projection, log-normalizer and entropy run only from there
     — at tiny and small scale about half the positions of an RL batch — and the skipped
@@ -90,23 +153,22 @@ def token_logprobs(model_config: transformer.ModelConfig, params: Any, tokens: j
     if not 0 <= first_target < tokens.shape[1] - 1:
         raise ValueError(f"first_target={first_target} must be in [0, T - 1 = "
                          f"{tokens.shape[1] - 1})")
+    if chunk < 0:
+        raise ValueError(f"chunk must be >= 0 (0: unchunked), got {chunk}")
     if group_size > 1:
         hidden = _grouped_hidden(model_config, params, tokens, attention_mask, first_target,
                                  group_size)
     else:
         hidden = transformer.hidden_states(model_config, params, tokens[:, :-1],
                                            attention_mask[:, :-1])[:, first_target:]
-    logits = transformer.logits_from_hidden(model_config, params, hidden)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
     targets = tokens[:, 1 + first_target:]
-    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    if chunk and chunk < targets.shape[1]:
+        logp, entropy = _chunked_vocab_logprobs(model_config, params, hidden, targets,
+                                                with_entropy, chunk)
+    else:
+        logp, entropy = _vocab_logprobs(model_config, params, hidden, targets, with_entropy)
     pad = ((0, 0), (first_target, 0))
-    logp = jnp.pad(target_logits - log_z, pad)
-    if not with_entropy:
-        return logp, None
-    log_probs = logits - log_z[..., None]
-    entropy = jnp.pad(-jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1), pad)
-    return logp, entropy
+    return jnp.pad(logp, pad), (None if entropy is None else jnp.pad(entropy, pad))
 
 
 def _check_same_shape(reference: jax.Array, **arrays: jax.Array | None) -> None:
@@ -324,6 +386,9 @@ class PolicyLossConfig:
     # Rows come in groups of group_size sharing their first first_target + 1 tokens (an RL
     # batch's prompt): the forward runs each group's prompt once (token_logprobs). 1 = off.
     group_size: int = 1
+    # Positions per chunk of the vocabulary projection (token_logprobs; 0 = one piece):
+    # bounds the logits to [N, logprob_chunk, V] float32 at a time.
+    logprob_chunk: int = DEFAULT_LOGPROB_CHUNK
 
     def __post_init__(self):
         if self.aggregation not in AGGREGATIONS:
@@ -339,6 +404,9 @@ class PolicyLossConfig:
         if self.off_policy_gamma <= 0:
             raise ValueError(f"PolicyLossConfig.off_policy_gamma must be > 0, "
                              f"got {self.off_policy_gamma}")
+        if self.logprob_chunk < 0:
+            raise ValueError(f"PolicyLossConfig.logprob_chunk must be >= 0 (0: unchunked), "
+                             f"got {self.logprob_chunk}")
 
 
 _REQUIRED_BATCH_KEYS = ("tokens", "attention_mask", "loss_mask", "old_logprobs", "advantages")
@@ -365,7 +433,8 @@ def make_policy_loss_fn(model_config: transformer.ModelConfig, loss_options: Pol
         logp, entropy = token_logprobs(model_config, params, batch["tokens"],
                                        batch["attention_mask"], with_entropy=with_entropy,
                                        first_target=loss_options.first_target,
-                                       group_size=loss_options.group_size)
+                                       group_size=loss_options.group_size,
+                                       chunk=loss_options.logprob_chunk)
         return policy_loss(
             logp, batch["old_logprobs"], batch["advantages"], batch["loss_mask"],
             eps_low=loss_options.eps_low, eps_high=loss_options.eps_high,

@@ -41,7 +41,7 @@ from she_jax.models import transformer
 from she_jax.rl import advantages as adv_lib
 from she_jax.rl import filtering, losses, rollout as rollout_lib
 from she_jax.rl.rollout import Rollouts
-from she_jax.train import bootstrap, loop
+from she_jax.train import bootstrap, loop, selection
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -73,6 +73,7 @@ def rl_section() -> ml_collections.ConfigDict:
     c.loss.kl_beta = 0.02  # k3 KL to the reference; 0 skips the reference forward entirely
     c.loss.entropy_coef = 0.0  # entropy bonus (SRPO entropy regularization)
     c.loss.off_policy_gamma = 0.1  # f(p) = p / (p + gamma) for guided off-policy tokens
+    c.loss.logprob_chunk = 128  # positions per vocab-projection chunk of the loss (0 = one piece)
     # Advantages (she_jax.rl.advantages.StepAdvantageConfig).
     c.advantage = ml_collections.ConfigDict()
     c.advantage.mode = "outcome"  # 'outcome' (GRPO) | 'per_step' | 'process' (SRPO)
@@ -149,7 +150,8 @@ def policy_loss_config(section: ml_collections.ConfigDict, max_new_tokens: int,
         first_target=prompt_len - 1, group_size=group_size,
         eps_low=section.eps_low, eps_high=section.eps_high, aggregation=section.aggregation,
         constant_len=int(max_new_tokens), kl_beta=section.kl_beta,
-        entropy_coef=section.entropy_coef, off_policy_gamma=section.off_policy_gamma)
+        entropy_coef=section.entropy_coef, off_policy_gamma=section.off_policy_gamma,
+        logprob_chunk=section.logprob_chunk)
 
 
 def _encode_pending(batches: list[dict[str, np.ndarray]]) -> str:
@@ -562,14 +564,20 @@ def train_rl(config: ml_collections.ConfigDict, workdir: str, *,
         loss_fn = anchored_loss_fn(loss_fn, model_config, tokenizer.label_ids,
                                    float(rl.anchor.weight))
     state, step_fn = bootstrap.train_state_and_step(config, params, loss_fn, mesh, rules)
+    selector = (selection.DevSelector(config, workdir, model_config, tokenizer, splits, order)
+                if config.eval.get("select_every", 0) else None)
     state = loop.train_loop(
         train_step=step_fn, state=state, data=feed, workdir=workdir, total_steps=total_steps,
         log_every=config.log_every, checkpoint_every=config.checkpoint.every,
-        checkpoint_keep=config.checkpoint.keep)
+        checkpoint_keep=config.checkpoint.keep, eval_fn=selector,
+        eval_every=config.eval.get("select_every", 0))
     if not bootstrap.finish_training(config, workdir, model_config, state):
         return {}
-    return evaluate.evaluate_run(config, workdir, model_config, state.params, tokenizer,
-                                 splits, order=order)
+    result = evaluate.evaluate_run(config, workdir, model_config, state.params, tokenizer,
+                                   splits, order=order)
+    if selector is not None:
+        selector.finish(splits, total_steps, result)
+    return result
 
 
 def select_prompts(config: ml_collections.ConfigDict, splits: Mapping[str, Sequence[Mapping]]
