@@ -269,3 +269,27 @@ def test_dpo_end_to_end(sft_run):
         table = json.load(f)["pass_at_k"]
     values = [table[f"pass@{k}"] for k in range(1, 5)]
     assert values == sorted(values)  # pass@k never falls with k
+
+
+def test_grpo_with_anchor_keeps_the_best_dev_checkpoint(sft_run):
+    root, sft_dir, base = sft_run
+    config = _tiny_rl(grpo_config.get_config(), sft_dir, base)
+    config.optimizer.update(total_steps=3)
+    config.eval.update(select_every=1, select_split="dev", select_examples=8)
+    config.rl.anchor.update(weight=0.5, batch_size=2, bucket=160)
+    workdir = str(root / "grpo_select")
+    registry.run_config(config, workdir)
+    rows = metrics_lib.read_metrics(workdir)
+    assert all("anchor/nll" in r and r["anchor/nll"] > 0 for r in rows)
+    assert [r["step"] for r in rows if "eval/select_macro_f1" in r] == [1, 2, 3]
+    with open(os.path.join(workdir, "best", "selection.json")) as f:
+        chosen = json.load(f)
+    values = [h["value"] for h in chosen["history"]]
+    assert [h["step"] for h in chosen["history"]] == [1, 2, 3] and chosen["n"] == 8
+    assert chosen["value"] == max(values)
+    assert chosen["step"] == 1 + values.index(max(values))  # the first of equal bests
+    best_eval = report.read_eval_json(os.path.join(workdir, "best", "eval.json"))
+    assert best_eval["splits"]["test_head"]["n"] == 8
+    with open(os.path.join(workdir, "best", "config.json")) as f:
+        assert json.load(f)["checkpoint_selection"] == "best_dev"
+    assert os.path.exists(os.path.join(workdir, "best", "predictions.jsonl"))

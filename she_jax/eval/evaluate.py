@@ -48,6 +48,13 @@ def eval_section() -> ml_collections.ConfigDict:
     c.max_examples = 0  # > 0 evaluates only the first N examples of each split
     c.beta = 0.5  # CumPT threshold reported in eval.json
     c.num_samples_logged = 8  # decoded outputs per split written to samples.jsonl
+    # Checkpoint selection (RL trainers): every `select_every` updates (0 = off) the policy
+    # is evaluated on the first `select_examples` of `select_split`; the best by macro-F1 is
+    # kept and, after training, evaluated like the last one into <workdir>/best/ (the step
+    # it came from in best/selection.json). Choose on dev, compare on the test splits.
+    c.select_every = 0
+    c.select_split = "dev"
+    c.select_examples = 256
     return c
 
 

@@ -1,0 +1,102 @@
+"""Checkpoint selection on a held-out split: keep the best policy of a run's evaluations.
+
+RL runs are noisy: the last update is not always the best policy the run passed through.
+`DevSelector` is the train loop's `eval_fn`: every `eval.select_every` updates it scores
+the policy (greedy, macro-F1 on the first `eval.select_examples` of `eval.select_split`),
+and when the score beats the best so far it saves those params to <workdir>/best/model
+(Hugging Face form) and records {step, value, history} in <workdir>/best/selection.json,
+which also makes the choice survive a resume. After training, `finish` evaluates the best
+policy like the last one into <workdir>/best/ (eval.json, predictions.jsonl, a config.json
+marked `checkpoint_selection: best_<split>`), so the cross-run report can read it as a run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+
+from she_jax.eval import evaluate
+from she_jax.models import hf, transformer
+
+BEST_DIR = "best"
+SELECTION_FILE = "selection.json"
+
+
+class DevSelector:
+    """eval_fn(state) -> {'select_macro_f1': value} for `loop.train_loop` (module doc)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+                 model_config: transformer.ModelConfig, tokenizer: Any,
+                 splits: Mapping[str, Sequence[Mapping]], order: str):
+        section = config.eval
+        if section.select_split not in splits or not splits[section.select_split]:
+            raise ValueError(f"config.eval.select_split={section.select_split!r}: no such "
+                             f"split in the data; available: {sorted(splits)}")
+        self.config, self.workdir = config, workdir
+        self.model_config, self.tokenizer, self.order = model_config, tokenizer, order
+        self.records = list(splits[section.select_split])
+        if section.select_examples > 0:
+            self.records = self.records[:section.select_examples]
+        self.eval_config = ml_collections.ConfigDict(section.to_dict())
+        self.eval_config.splits = (section.select_split,)
+        self.eval_config.max_examples = 0
+        self.dir = os.path.join(workdir, BEST_DIR)
+        self.path = os.path.join(self.dir, SELECTION_FILE)
+        self.best: dict[str, Any] = {"split": section.select_split, "metric": "macro_f1",
+                                     "n": len(self.records), "step": None, "value": None,
+                                     "history": []}
+        if os.path.exists(self.path):  # a resumed run keeps its earlier choice
+            with open(self.path) as f:
+                self.best = json.load(f)
+
+    def __call__(self, state: Any) -> dict[str, float]:
+        step = int(jax.device_get(state.step))
+        params = jax.device_get(state.params)
+        entries, _ = evaluate.evaluate_records(
+            self.model_config, params, self.tokenizer,
+            {self.best["split"]: self.records}, self.order, self.eval_config)
+        value = float(entries[self.best["split"]]["macro_f1"])
+        self.best["history"] = [h for h in self.best["history"] if h["step"] < step]
+        self.best["history"].append({"step": step, "value": value})
+        if self.best["value"] is None or value > self.best["value"] or self.best["step"] > step:
+            self.best.update(step=step, value=value)
+            hf.save_hf(self.model_config, params, os.path.join(self.dir, "model"))
+            logging.info("selection: new best %s macro-F1 %.4f at step %d",
+                         self.best["split"], value, step)
+        self._write()
+        return {"select_macro_f1": value, "select_best_step": float(self.best["step"])}
+
+    def _write(self) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        with open(self.path + ".tmp", "w") as f:
+            json.dump(self.best, f, indent=1)
+        os.replace(self.path + ".tmp", self.path)
+
+    def finish(self, splits: Mapping[str, Sequence[Mapping]], last_step: int,
+               last_eval: Mapping | None = None) -> dict | None:
+        """Evaluates the best policy into <workdir>/best/ (copies the last evaluation when
+        the best is the last step). Returns that eval dict, or None with no selection."""
+        if self.best["step"] is None:
+            return None
+        config = ml_collections.ConfigDict(self.config.to_dict())
+        with config.unlocked():
+            config.checkpoint_selection = f"best_{self.best['split']}"
+        with open(os.path.join(self.dir, "config.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=1, default=str)
+        logging.info("selection: best %s macro-F1 %.4f at step %d of %d",
+                     self.best["split"], self.best["value"], self.best["step"], last_step)
+        if self.best["step"] == last_step and last_eval is not None:
+            for name in ("eval.json", evaluate.PREDICTIONS_FILE):
+                shutil.copyfile(os.path.join(self.workdir, name), os.path.join(self.dir, name))
+            return dict(last_eval)
+        model_config, params = hf.load_hf(os.path.join(self.dir, "model"),
+                                          self.model_config.dtype)
+        return evaluate.evaluate_run(config, self.dir, model_config, params, self.tokenizer,
+                                     splits, order=self.order)
