@@ -203,6 +203,16 @@ def make_train_step(
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules or ()):
             return jitted(state, parallel.shard_batch(batch, mesh))
 
+    def lower(state: Any, batch: Any) -> Any:
+        """The step lowered ahead of time for `state` / `batch` (arrays or
+        jax.ShapeDtypeStructs), under the same mesh and rules: `.compile()` it for a
+        memory plan without allocating anything (bench.memory)."""
+        if mesh is None:
+            return jitted.lower(state, batch)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules or ()):
+            return jitted.lower(state, batch)
+
+    train_step.lower = lower
     return train_step
 
 
