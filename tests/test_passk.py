@@ -37,6 +37,8 @@ def test_greedy_samples_are_all_alike(think_run):
                               temperature=0.0)["dev"]
     assert set(row["num_correct"]) <= {0, 3}
     assert row["pass@1"] == pytest.approx(row["pass@3"])
+    # Identical samples: the majority vote is that one answer.
+    assert row["maj@3"] == pytest.approx(row["pass@1"])
 
 
 def test_command_line_requires_a_workdir(capsys):

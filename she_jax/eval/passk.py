@@ -4,11 +4,13 @@ r"""pass@1 against pass@k of a finished run, per split: how much room RL has.
       [--splits=dev,test_longtail] [--temperature=1.0]
 
 RL raises pass@1 only toward what the policy can already sample, so pass@k bounds what
-sharpening can give. For each split, k answers per prompt are sampled from the run's model
+sharpening can give. With 4 labels, pass@k is inflated by chance (a uniform guesser has
+pass@8 = 1 - 0.75^8 = 0.90), so maj@k, the accuracy of the majority vote of the k samples,
+is reported beside it: what the sampled distribution's mode already gets right. For each split, k answers per prompt are sampled from the run's model
 (temperature 1: the distribution RL samples from), parsed, and scored against the gold
 label; pass@j for j = 1..k uses the unbiased estimator (`metrics.pass_at_k`). Writes
 <workdir>/pass_at_k.json ({split: {'n', 'k', 'pass@1', ..., 'pass@k', 'format_valid',
-'num_correct', 'sampled_label_mix', 'gold_label_mix'}}) and prints a table.
+'maj@k', 'num_correct', 'sampled_label_mix', 'gold_label_mix'}}) and prints a table.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def split_pass_at_k(model_config, params, tokenizer, records: Sequence[Mapping],
         temperature=temperature, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
     prompt_len = rollout_lib.prompt_length_for(records, tokenizer)
     num_correct = np.zeros(len(records), np.int64)
+    majority_right = np.zeros(len(records), bool)
     predicted: list[str | None] = []
     valid = 0
     for start in range(0, len(records), batch):
@@ -52,10 +55,16 @@ def split_pass_at_k(model_config, params, tokenizer, records: Sequence[Mapping],
         scores = outcome.outcome_rewards(parsed, chunk, outcome.outcome_config())
         num_correct[start:start + len(chunk)] = scores["correct"].sum(axis=1)
         predicted += [p.label for row in parsed for p in row]
+        for b, (row, record) in enumerate(zip(parsed, chunk)):
+            votes = [p.label for p in row if p.label in st.LABELS]
+            # The most voted label (ties: the first to reach the top count); none: wrong.
+            top = max(votes, key=votes.count) if votes else None
+            majority_right[start + b] = top == record["label"]
         valid += int(scores["format_valid"].sum())
     n_samples = max(len(predicted), 1)
     out = {"n": len(records), "k": k, "temperature": temperature,
            **{f"pass@{j}": metrics.pass_at_k(k, num_correct, j) for j in range(1, k + 1)},
+           f"maj@{k}": float(majority_right.mean()),
            "format_valid": valid / n_samples, "num_correct": num_correct.tolist(),
            "sampled_label_mix": {label: sum(p == label for p in predicted) / n_samples
                                  for label in st.LABELS},
@@ -84,7 +93,8 @@ def run_pass_at_k(workdir: str, *, k: int = 8, splits: Sequence[str] | None = No
                                         temperature=temperature, batch=batch, seed=seed)
         row = result[split]
         print(f"{split:18s} n={row['n']:5d}  pass@1 {100 * row['pass@1']:5.1f}  "
-              f"pass@{k} {100 * row[f'pass@{k}']:5.1f}", flush=True)
+              f"pass@{k} {100 * row[f'pass@{k}']:5.1f}  maj@{k} {100 * row[f'maj@{k}']:5.1f}",
+              flush=True)
     path = os.path.join(workdir, OUTPUT_FILE)
     with open(path + ".tmp", "w") as f:
         json.dump({"order": order, "splits": result}, f, indent=1)
