@@ -8,6 +8,10 @@ Models name the axes of their arrays with logical names ('embed', 'vocab', ...);
 table (config.axis_rules, see she_jax/train/config.py) maps each logical name to mesh axes.
 The same code then runs on 1 CPU device or a pod; only the config changes.
 
+Multi-process: `initialize_distributed` joins the processes; each then passes only its own
+rows of a global batch (`process_batch_rows`, `shard_batch`) and gathers what must be
+whole on one host (`host_copy`); process 0 alone writes the run directory.
+
 Divisibility: a dim whose size is not divisible by the product of its mesh axes cannot be
 split evenly, so it is replicated instead and a warning names the array and dim. This keeps
 odd shapes (a 4097-token vocab, 2 kv heads on a 4-way tensor axis) running at the cost of
@@ -17,10 +21,11 @@ memory on that array, rather than failing deep inside XLA.
 from collections.abc import Mapping, Sequence
 import logging
 import math
+import os
 from typing import Any
 
 import jax
-from jax.experimental import mesh_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
@@ -31,24 +36,128 @@ BATCH_AXES = ("data", "fsdp")  # the mesh axes a batch's leading dim is split ov
 AxisRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
 
-def initialize_distributed(dist: Any) -> None:
-    """Starts jax's multi-process runtime when `dist.enabled` (no-op otherwise).
+# Environment variables read by `initialize_distributed` when the config leaves a value
+# unset (launch/local.py and launch/slurm.sbatch set them); jax itself reads the first.
+ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAX_PROCESS_ID"
 
-    `dist`: the `config.distributed` section (she_jax/train/config.py). Must run before
-    anything touches a jax device. Unset coordinator_address / num_processes / process_id
-    are auto-detected by `jax.distributed.initialize` (TPU pods, SLURM, Open MPI).
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def distributed_settings(dist: Any) -> dict[str, Any]:
+    """The keyword arguments `initialize_distributed` passes to `jax.distributed.initialize`.
+
+    Each of coordinator_address / num_processes / process_id comes from the config when
+    set, else from $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES / $JAX_PROCESS_ID. With
+    all three known, jax's cluster auto-detection is switched off (the values are used as
+    given); otherwise the missing ones are left to it (TPU pods, SLURM, Open MPI).
     """
-    if not dist.enabled:
+    def pick(key: str, env: str, parse) -> Any:
+        value = dist.get(key, None)
+        return value if value is not None else parse(env)
+
+    settings = {
+        "coordinator_address": pick("coordinator_address", ENV_COORDINATOR,
+                                    lambda env: os.environ.get(env) or None),
+        "num_processes": pick("num_processes", ENV_NUM_PROCESSES, _env_int),
+        "process_id": pick("process_id", ENV_PROCESS_ID, _env_int),
+        "initialization_timeout": int(dist.get("initialization_timeout", 300)),
+        "heartbeat_timeout_seconds": int(dist.get("heartbeat_timeout", 100)),
+        "shutdown_timeout_seconds": int(dist.get("shutdown_timeout", 300)),
+    }
+    explicit = [settings[k] for k in ("coordinator_address", "num_processes", "process_id")]
+    if None not in explicit:
+        if not 0 <= settings["process_id"] < settings["num_processes"]:
+            raise ValueError(f"config.distributed: process_id={settings['process_id']} must be "
+                             f"in [0, num_processes={settings['num_processes']})")
+        settings["cluster_detection_method"] = "deactivate"
+    return settings
+
+
+def initialize_distributed(dist: Any) -> None:
+    """Starts jax's multi-process runtime when `dist.enabled` (no-op otherwise, and when it
+    is already up: a chain of runs in one process joins once).
+
+    `dist`: the `config.distributed` section (she_jax/train/config.py); values are resolved
+    by `distributed_settings` (config, then environment, then jax's auto-detection), with
+    its timeouts (initialization, heartbeat: how soon the others stop after one process
+    dies, shutdown). Must run before anything touches a jax device. On CPU, collectives
+    across processes go through gloo. Raises RuntimeError naming the values it could not
+    find and where each can be set.
+    """
+    if not dist.enabled or jax.distributed.is_initialized():
         return
-    jax.distributed.initialize(
-        coordinator_address=dist.coordinator_address,
-        num_processes=dist.num_processes,
-        process_id=dist.process_id,
-    )
+    settings = distributed_settings(dist)
+    _use_gloo_on_cpu()
+    try:
+        jax.distributed.initialize(**settings)
+    except (ValueError, RuntimeError) as e:
+        missing = [f"{key} (--config.distributed.{key} or ${env})" for key, env in (
+            ("coordinator_address", ENV_COORDINATOR), ("num_processes", ENV_NUM_PROCESSES),
+            ("process_id", ENV_PROCESS_ID)) if settings[key] is None]
+        hint = (f"; not set and not auto-detected: {', '.join(missing)} (jax detects them "
+                "on TPU pods, under SLURM and Open MPI)" if missing else "")
+        raise RuntimeError(f"jax.distributed.initialize failed: {e}{hint}") from e
     logging.info(
         "jax.distributed up: process %d of %d, %d local / %d global devices",
         jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
     )
+
+
+def _use_gloo_on_cpu() -> None:
+    # CPU processes talk through gloo (the default CPU client has no cross-process
+    # collectives); other platforms' clients ignore this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
+def is_main_process() -> bool:
+    """Process 0: the one that writes the run directory (metrics, eval, plots, export)."""
+    return jax.process_index() == 0
+
+
+def process_batch_rows(mesh: Mesh, global_rows: int) -> slice:
+    """The rows of a `[global_rows, ...]` batch that this process's devices hold under
+    `batch_sharding(mesh)`: what `shard_batch` expects this process to pass.
+
+    One process: all rows. Several: a contiguous block (devices are laid out process by
+    process along the batch axes), the whole batch when the batch axes are replicated
+    across processes. Raises ValueError if global_rows does not split evenly over the
+    batch axes, or if this process's rows are not one contiguous block.
+    """
+    ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if global_rows % ways:
+        raise ValueError(f"a batch of {global_rows} rows does not split over the "
+                         f"{ways} devices of mesh axes {BATCH_AXES}")
+    if jax.process_count() == 1:
+        return slice(0, global_rows)
+    held = sorted({(index[0].start or 0, index[0].stop or global_rows) for index in
+                   batch_sharding(mesh).addressable_devices_indices_map((global_rows,)).values()})
+    start, stop = held[0][0], max(stop for _, stop in held)
+    covered = sum(b - a for a, b in held)
+    if covered != stop - start:
+        raise ValueError(f"process {jax.process_index()} holds rows {held} of the batch, not "
+                         "one contiguous block; order the mesh's devices process by process")
+    return slice(start, stop)
+
+
+def host_copy(tree: Any) -> Any:
+    """A numpy copy of every array of `tree` on this host, gathered from every process when
+    an array is split across processes (a collective: call it on every process)."""
+    def copy(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(copy, tree)
 
 
 def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, int, int]:

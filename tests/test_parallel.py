@@ -118,18 +118,83 @@ def test_batch_sharding_splits_leading_dim_over_data_and_fsdp():
         parallel.shard_batch({"x": np.float32(1.0)}, mesh)
 
 
-def test_initialize_distributed_only_when_enabled(monkeypatch):
+TIMEOUTS = dict(initialization_timeout=300, heartbeat_timeout_seconds=100,
+                shutdown_timeout_seconds=300)
+
+
+@pytest.fixture
+def distributed_env(monkeypatch):
+    """No launcher's variables in the environment; jax.distributed.initialize recorded."""
+    for name in (parallel.ENV_COORDINATOR, parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID):
+        monkeypatch.delenv(name, raising=False)
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(parallel, "_use_gloo_on_cpu", lambda: calls.append("gloo"))
+    return calls
+
+
+def test_initialize_distributed_only_when_enabled(distributed_env):
     config = train_config()
     parallel.initialize_distributed(config.distributed)
-    assert calls == []
+    assert distributed_env == []
     config.distributed.enabled = True
     config.distributed.coordinator_address = "10.0.0.1:1234"
     config.distributed.num_processes = 4
     config.distributed.process_id = 3
+    config.distributed.heartbeat_timeout = 7
     parallel.initialize_distributed(config.distributed)
-    assert calls == [dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=3)]
+    # All three given: used as they are, jax's cluster detection off; timeouts passed on.
+    assert distributed_env == ["gloo", dict(
+        coordinator_address="10.0.0.1:1234", num_processes=4, process_id=3,
+        cluster_detection_method="deactivate", **{**TIMEOUTS, "heartbeat_timeout_seconds": 7})]
+
+
+def test_distributed_settings_config_then_environment_then_auto(distributed_env, monkeypatch):
+    dist = train_config().distributed
+    # Nothing known: every value left to jax's auto-detection (TPU, SLURM, MPI).
+    assert parallel.distributed_settings(dist) == dict(
+        coordinator_address=None, num_processes=None, process_id=None, **TIMEOUTS)
+    monkeypatch.setenv(parallel.ENV_COORDINATOR, "127.0.0.1:999")
+    monkeypatch.setenv(parallel.ENV_NUM_PROCESSES, "2")
+    monkeypatch.setenv(parallel.ENV_PROCESS_ID, "1")
+    settings = parallel.distributed_settings(dist)
+    assert (settings["coordinator_address"], settings["num_processes"],
+            settings["process_id"], settings["cluster_detection_method"]) == (
+        "127.0.0.1:999", 2, 1, "deactivate")
+    dist.process_id = 0  # the config wins over the environment
+    assert parallel.distributed_settings(dist)["process_id"] == 0
+    dist.process_id = 2
+    with pytest.raises(ValueError, match=r"process_id=2 must be in \[0, num_processes=2\)"):
+        parallel.distributed_settings(dist)
+    monkeypatch.setenv(parallel.ENV_NUM_PROCESSES, "two")
+    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two' is not an integer"):
+        parallel.distributed_settings(train_config().distributed)
+
+
+def test_initialize_distributed_names_what_is_missing(distributed_env, monkeypatch):
+    def no_cluster(**kwargs):
+        raise ValueError("coordinator_address should be defined.")
+
+    monkeypatch.setattr(jax.distributed, "initialize", no_cluster)
+    dist = train_config().distributed
+    dist.enabled = True
+    dist.num_processes = 2
+    with pytest.raises(RuntimeError, match=r"not auto-detected: coordinator_address "
+                       r"\(--config.distributed.coordinator_address or \$JAX_COORDINATOR_"
+                       r"ADDRESS\), process_id"):
+        parallel.initialize_distributed(dist)
+
+
+def test_process_rows_and_host_copy_in_one_process():
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    assert parallel.process_batch_rows(mesh, 8) == slice(0, 8)
+    with pytest.raises(ValueError, match="6 rows does not split over the 4 devices"):
+        parallel.process_batch_rows(mesh, 6)
+    x = parallel.shard_batch({"x": np.arange(16.0).reshape(8, 2)}, mesh)["x"]
+    copy = parallel.host_copy({"x": x, "y": 3})
+    assert isinstance(copy["x"], np.ndarray) and copy["y"] == 3
+    np.testing.assert_array_equal(copy["x"], np.arange(16.0).reshape(8, 2))
+    assert parallel.is_main_process()
 
 
 def test_train_config_mesh_and_rules_cover_model_axes():

@@ -9,6 +9,7 @@ transformers, with no she_jax code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import logging
 import os
@@ -53,7 +54,20 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str,
 
     A from-scratch tokenizer is SentencePiece trained on the world's texts, to exactly
     config.model.vocab_size pieces. It is saved to <workdir>/tokenizer in every case.
+    Multi-process, process 0 alone builds and saves it; every process then loads that copy.
     """
+    if jax.process_count() == 1:
+        return _load_or_build_tokenizer(config, workdir, splits)
+    from jax.experimental import multihost_utils
+
+    if jax.process_index() == 0:
+        _load_or_build_tokenizer(config, workdir, splits)
+    multihost_utils.sync_global_devices("she_jax: tokenizer saved")
+    return tokenizer_lib.load_tokenizer(os.path.join(workdir, TOKENIZER_DIR))
+
+
+def _load_or_build_tokenizer(config: ml_collections.ConfigDict, workdir: str,
+                             splits: dict[str, list[dict]]) -> tokenizer_lib.Tokenizer:
     own = os.path.join(workdir, TOKENIZER_DIR)
     if config.model.hf_path:
         tokenizer = tokenizer_lib.load_tokenizer(config.model.hf_path)
@@ -148,14 +162,35 @@ def finish_training(config: ml_collections.ConfigDict, workdir: str,
     training curves and returns True, so the trainer goes on to evaluate."""
     from she_jax.train import metrics as metrics_lib
 
+    from she_jax import parallel
+
     step = int(jax.device_get(state.step))
     if step < config.optimizer.total_steps:
         logging.warning("%s stopped early at step %d; rerun the same command to resume",
                         config.get("trainer", "training"), step)
         return False
-    export_model(workdir, model_config, jax.device_get(state.params))
-    metrics_lib.plot_metrics(workdir)
+    params = parallel.host_copy(state.params)  # every process takes part in the gather
+    if parallel.is_main_process():
+        export_model(workdir, model_config, params)
+        metrics_lib.plot_metrics(workdir)
     return True
+
+
+def evaluate_on_main_process(params: Any, evaluate: Callable[[Any], dict]) -> dict:
+    """`evaluate(params)` on one process: single-process, with `params` as they are;
+    multi-process, process 0 evaluates a host copy gathered from every process (so no
+    other process has to join its computations) while the others wait for it, and they
+    return {}. Call on every process."""
+    from she_jax import parallel
+
+    if jax.process_count() == 1:
+        return evaluate(params)
+    from jax.experimental import multihost_utils
+
+    params = parallel.host_copy(params)
+    result = evaluate(params) if parallel.is_main_process() else {}
+    multihost_utils.sync_global_devices("she_jax: evaluation done")
+    return result
 
 
 def load_data(config: ml_collections.ConfigDict) -> dict[str, list[dict]]:

@@ -74,10 +74,14 @@ def train_config() -> ml_collections.ConfigDict:
     config.axis_rules = DEFAULT_AXIS_RULES
 
     # she_jax.parallel.initialize_distributed: multi-host (TPU pod, GPU cluster) start-up.
-    # None values are auto-detected by jax.distributed.initialize (TPU, SLURM, MPI, ...).
+    # None values come from $JAX_COORDINATOR_ADDRESS / $JAX_NUM_PROCESSES / $JAX_PROCESS_ID,
+    # else jax.distributed.initialize auto-detects them (TPU, SLURM, MPI, ...).
     config.distributed = ml_collections.ConfigDict()
     config.distributed.enabled = False  # call jax.distributed.initialize() at start-up
     config.distributed.coordinator_address = ml_collections.config_dict.placeholder(str)
     config.distributed.num_processes = ml_collections.config_dict.placeholder(int)
     config.distributed.process_id = ml_collections.config_dict.placeholder(int)
+    config.distributed.initialization_timeout = 300  # s for every process to join
+    config.distributed.heartbeat_timeout = 100  # s of silence before a dead process stops all
+    config.distributed.shutdown_timeout = 300  # s the processes wait for each other at exit
     return config

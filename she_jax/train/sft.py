@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from she_jax import parallel
 from she_jax.data import cot, loader, sources
 from she_jax.data.cot import training_orders  # the orders SFT trains on
 from she_jax.eval import evaluate
@@ -157,16 +158,18 @@ def sft_loss_fn(model_config: transformer.ModelConfig, label_ids: tuple[int, ...
 
 
 class _Repeating:
-    """Batches of a finite BatchDataset over epochs, with a checkpointable position."""
+    """Batches of a finite BatchDataset over epochs, with a checkpointable position; `rows`
+    of each global batch only (a process's rows: `parallel.process_batch_rows`)."""
 
-    def __init__(self, dataset: loader.BatchDataset):
+    def __init__(self, dataset: loader.BatchDataset, rows: slice = slice(None)):
         self.dataset = dataset
+        self.rows = rows
         self.index = 0
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = self.dataset[self.index]
         self.index += 1
-        return {k: batch[k] for k in ("tokens", "loss_mask", "attention_mask")}
+        return {k: batch[k][self.rows] for k in ("tokens", "loss_mask", "attention_mask")}
 
     def get_state(self) -> dict[str, int]:
         return {"index": self.index}
@@ -193,10 +196,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     loss_fn = sft_loss_fn(model_config, tokenizer.label_ids, config.sft.label_weight,
                           config.sft.prompt_weight, config.sft.overlap_weight, overlap_task)
     state, step_fn = bootstrap.train_state_and_step(config, params, loss_fn, mesh, rules)
+    rows = parallel.process_batch_rows(mesh, config.batch.batch_size)
     state = loop.train_loop(
-        train_step=step_fn, state=state, data=_Repeating(dataset), workdir=workdir,
+        train_step=step_fn, state=state, data=_Repeating(dataset, rows), workdir=workdir,
         total_steps=config.optimizer.total_steps, log_every=config.log_every,
         checkpoint_every=config.checkpoint.every, checkpoint_keep=config.checkpoint.keep)
     if not bootstrap.finish_training(config, workdir, model_config, state):
         return {}
-    return evaluate.evaluate_run(config, workdir, model_config, state.params, tokenizer, splits)
+    return bootstrap.evaluate_on_main_process(state.params, lambda params: evaluate.evaluate_run(
+        config, workdir, model_config, params, tokenizer, splits))

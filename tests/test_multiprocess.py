@@ -1,0 +1,167 @@
+"""Multi-process runs on this machine through launch/local.py: 2 processes x 2 CPU devices
+train exactly as 1 process x 4 devices, a checkpoint written by 2 processes continues in
+1, and a killed process ends the run instead of hanging it.
+
+Each run is a real `python -m experiments.run` SFT of a 2-layer model (4-device fsdp mesh,
+8-row batches: each process feeds its own 4 rows); the workers share the tests' JAX
+compilation cache, so later runs reuse the first one's programs.
+"""
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from launch import local
+
+FLAGS = [
+    "--config=experiments/sft.py",
+    "--config.data.world_overrides.sft_size=320",
+    "--config.data.world_overrides.rl_size=64",
+    "--config.data.world_overrides.dev_size=32",
+    "--config.data.world_overrides.test_size=24",
+    "--config.model.vocab_size=1024",
+    "--config.model.preset=tiny",
+    "--config.model.overrides={'num_layers':2,'hidden_size':64,'mlp_dim':128}",
+    "--config.sft.buckets=(160,)",
+    "--config.optimizer.warmup_steps=1",
+    "--config.batch.batch_size=8",
+    "--config.log_every=1",
+    "--config.checkpoint.every=2",
+    "--config.checkpoint.keep=3",
+    "--config.mesh.fsdp=4",
+]
+NO_EVAL = ["--config.eval.splits=()"]
+TINY_EVAL = ["--config.eval.splits=('dev',)", "--config.eval.max_examples=4",
+             "--config.eval.batch_size=4", "--config.eval.max_new_tokens=16"]
+TIMEOUT_S = 400
+
+
+def run(workdir, processes, steps, extra=(), **kwargs):
+    """Launches the SFT run into `workdir`; returns (Outcome, output lines)."""
+    lines = []
+    outcome = local.launch(
+        [*FLAGS, f"--workdir={workdir}", f"--config.optimizer.total_steps={steps}", *extra],
+        processes=processes, devices_per_process=4 // processes, timeout=TIMEOUT_S,
+        sink=lines.append, **kwargs)
+    return outcome, lines
+
+
+def assert_ok(outcome, lines):
+    assert outcome.exit_code == 0, "\n".join(lines[-40:])
+
+
+def metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    steps = [r["step"] for r in records]
+    assert steps == sorted(set(steps)), steps  # one writer: every step once
+    return {r["step"]: {k: v for k, v in r.items() if not k.startswith("perf/")}
+            for r in records}
+
+
+def checkpoint(workdir, step):
+    """The train state saved at `step`, as numpy arrays (any process count wrote it)."""
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    tree = ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return ocp.PyTreeCheckpointer().restore(path, restore_args=restore_args)
+
+
+def assert_close(a, b, atol=1e-5):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64),
+                                   atol=atol, rtol=0)
+
+
+def assert_metrics_close(got, want, steps):
+    for step in steps:
+        assert got[step].keys() == want[step].keys(), step
+        for key, value in want[step].items():
+            assert got[step][key] == pytest.approx(value, abs=1e-5), (step, key)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """two: 2 processes x 2 devices, 6 steps, evaluated; one: 1 process x 4 devices, 6
+    steps; resumed: a copy of `two` rolled back to its step-4 checkpoint (the learning-rate
+    schedule depends on total_steps, so every run is a 6-step run) and continued to step 6
+    by 1 process."""
+    root = tmp_path_factory.mktemp("multiprocess")
+    dirs = {name: str(root / name) for name in ("two", "one", "resumed")}
+    timings = {}
+    start = time.perf_counter()
+    two = run(dirs["two"], 2, 6, TINY_EVAL)
+    timings["two"] = time.perf_counter() - start
+    assert_ok(*two)
+    shutil.copytree(dirs["two"], dirs["resumed"])
+    shutil.rmtree(os.path.join(dirs["resumed"], "checkpoints", "6"))
+    for name in ("one", "resumed"):
+        start = time.perf_counter()
+        assert_ok(*run(dirs[name], 1, 6, NO_EVAL))
+        timings[name] = time.perf_counter() - start
+    print("multi-process run seconds:", {k: round(v, 1) for k, v in timings.items()})
+    return dirs, two[1]
+
+
+def test_two_processes_train_as_one(runs):
+    dirs, lines = runs
+    two, one = metrics(dirs["two"]), metrics(dirs["one"])
+    assert sorted(two) == sorted(one) == list(range(1, 7))
+    assert_metrics_close(two, one, range(1, 7))
+    assert two[6]["loss"] < two[1]["loss"]  # it trains
+    for step in (2, 6):
+        assert_close(checkpoint(dirs["two"], step), checkpoint(dirs["one"], step))
+    # Process 0 alone evaluated and exported; both processes trained.
+    assert os.path.exists(os.path.join(dirs["two"], "eval.json"))
+    assert os.path.exists(os.path.join(dirs["two"], "model", "model.safetensors"))
+    assert any(line.startswith("[p0]") and "eval dev" in line for line in lines)
+    assert not any(line.startswith("[p1]") and "eval dev" in line for line in lines)
+    assert any(line.startswith("[p1]") and "process 1 of 2" in line for line in lines)
+
+
+def test_a_two_process_checkpoint_continues_exactly_in_one_process(runs):
+    dirs, _ = runs
+    resumed, one = metrics(dirs["resumed"]), metrics(dirs["one"])
+    assert sorted(resumed) == list(range(1, 7))
+    assert_metrics_close(resumed, one, range(1, 7))  # 1-4 kept from the 2-process run
+    assert_close(checkpoint(dirs["resumed"], 6), checkpoint(dirs["one"], 6))
+
+
+def test_killing_one_process_ends_the_other(tmp_path):
+    """Process 1 is SIGKILLed after a training step: process 0 stops by itself (a broken
+    collective, or jax's heartbeat within heartbeat_timeout) and the launch fails."""
+    procs, killed_at = [], []
+    step_seen = threading.Event()
+
+    def sink(line):
+        if line.startswith("[p0]") and "step 1:" in line:
+            step_seen.set()
+
+    def kill_after_first_step():
+        if step_seen.wait(TIMEOUT_S):
+            killed_at.append(time.monotonic())
+            os.kill(procs[1].pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_after_first_step, daemon=True)
+    killer.start()
+    outcome = local.launch(
+        [*FLAGS, f"--workdir={tmp_path / 'run'}", "--config.optimizer.total_steps=100000",
+         "--config.distributed.heartbeat_timeout=5", *NO_EVAL],
+        processes=2, devices_per_process=2, timeout=TIMEOUT_S, grace=60, sink=sink,
+        on_start=procs.extend)
+    ended = time.monotonic()
+    assert killed_at, "process 0 never logged a step"
+    assert outcome.first_failure in (0, 1) and outcome.exit_code not in (0, 124)
+    assert outcome.codes[1] == -signal.SIGKILL
+    assert outcome.ended_on_their_own and outcome.codes[0] not in (None, 0), outcome
+    assert ended - killed_at[0] < 60, ended - killed_at[0]
