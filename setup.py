@@ -44,6 +44,16 @@ EXTRAS_REQUIRE = {
         "nbclient==0.11.0",
         "ipykernel==7.4.0",
     ],
+    # Accelerator back-ends for launch/ (TPU VMs, GPU clusters): jax's own plugin packages
+    # at the versions jax 0.10.2's `jax[tpu]` / `jax[cuda12]` extras name, pinned exactly.
+    "tpu": [
+        "libtpu==0.0.42.1",
+        "requests==2.34.2",
+    ],
+    "cuda12": [
+        "jax-cuda12-plugin[with-cuda]==0.10.2",
+        "jax-cuda12-pjrt==0.10.2",
+    ],
 }
 
 setup(
