@@ -211,7 +211,8 @@ def _resolve_trial_dir(sweep_file: str, workdir: str) -> str:
     sweep_dir = os.path.dirname(sweep_file)
     candidates = [os.path.join(sweep_dir, workdir), workdir,
                   os.path.join(sweep_dir, os.path.basename(os.path.normpath(workdir)))]
-    return next((c for c in candidates if os.path.isdir(c)), candidates[0])
+    # None there yet (a trial not started): the path as the sweep wrote it.
+    return next((c for c in candidates if os.path.isdir(c)), workdir)
 
 
 def read_sweep(sweep_file: str) -> list[dict[str, Any]]:
