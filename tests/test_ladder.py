@@ -79,3 +79,23 @@ def test_report_names_settings_by_method_and_groups_seeds_despite_their_start(tm
     names = [s["name"] for s in report["settings"]]
     assert names == ["sft", "grpo"]
     assert all(len(s["runs"]) == 2 for s in report["settings"])
+
+
+def test_a_plain_run_and_a_sweep_on_the_same_data_are_paired(tmp_path):
+    """A baseline given as a plain run directory (identity: its whole config) pairs with a
+    sweep's trials (identity: their overrides) when their resolved data sections agree."""
+    data = {"source": "shopworld", "world": "tiny", "world_overrides": {"seed": None}}
+    write_run(str(tmp_path / "sft"), {"name": "sft_think", "seed": 0, "data": data},
+              {"dev": ([0, 2, 1, 3], [0, 0, 1, 3], None)})
+    sweeps = ladder.plan(["grpo"], ["0"], str(tmp_path / "ladder"))
+    trial = sweeps[1].trials[0]
+    write_run(trial.workdir, {"name": "grpo", "seed": 0, "data": data},
+              {"dev": ([0, 2, 1, 3], [0, 2, 1, 3], None)})
+    trial.status = "finished"
+    sweeps[1].write()
+    report = compare.build_report([str(tmp_path / "sft"), sweeps[1].out],
+                                  out_dir=str(tmp_path / "r"), baseline="sft_think",
+                                  n_resamples=50)
+    entry = report["paired"]["dev"]["grpo"]
+    assert "skipped" not in entry, entry
+    assert entry["metrics"]["accuracy"]["diff"] == pytest.approx(0.25)

@@ -334,8 +334,12 @@ def group_settings(runs: Sequence[Run]) -> list[Setting]:
 
 
 def _data_identity(setting: Setting) -> str:
-    return _canonical({k: v for k, v in setting.identity.items()
-                       if k.startswith("data.") and k not in SAME_EXAMPLES_DATA_KEYS})
+    """What decides a setting's examples: its runs' resolved data section (config.json),
+    whether the setting came from a sweep's overrides or a plain run's config. Unset keys
+    (None) count as absent, so configs from before a key was declared still pair."""
+    flat = _flatten({"data": setting.runs[0].config.get("data") or {}})
+    return _canonical({k: v for k, v in flat.items()
+                       if k not in SAME_EXAMPLES_DATA_KEYS and v is not None and v != {}})
 
 
 # ----------------------------------------------------------------------------------------
