@@ -6,6 +6,7 @@ the RL update and the sampler, compiled ahead of time for Qwen2.5 shapes on a fa
                            [--dtype=bfloat16] [--logprob_chunks=128,0] [--layers=2,4]
                            [--prompts=8] [--group=16] [--prompt_len=256] [--new_tokens=256]
                            [--sft_batch=64] [--sft_len=512] [--accum_steps=1]
+                           [--share_prompt=1]
 
 Nothing is allocated: parameters, optimizer state and batches are `jax.ShapeDtypeStruct`s
 carrying the shardings the trainers give them (`parallel.logical_to_sharding` of the
@@ -19,8 +20,13 @@ trainers run:
   * rl_update: `loop.make_train_step` over `rl.losses.make_policy_loss_fn` configured as
     `train.rl.train_rl` does (`rl.policy_loss_config`: the completion's targets only, each
     group's prompt run once, the k3 KL against reference log-probs, the entropy metric),
-    `--prompts` x `--group` rows of `--prompt_len` + `--new_tokens` tokens; one line per
-    `--logprob_chunks` value (0 = the unchunked vocabulary projection: the "before");
+    `--prompts` x `--group` rows of `--prompt_len` + `--new_tokens` tokens, in
+    `--accum_steps` micro-batches, each group's prompt run once unless `--share_prompt=0`;
+    one line per `--logprob_chunks` value (0 = the unchunked vocabulary projection: the
+    "before"). With shared prompts, a micro-batch of fewer groups than the mesh's batch
+    devices cannot split its prompt forward evenly and XLA replicates part of it (an
+    "involuntary full rematerialization" warning, and more memory per layer, not less):
+    micro-batch with `--share_prompt=0`, or keep >= one group per batch device;
   * sampler: `sampling`'s compiled group sampler (prefill once per prompt, `--group`
     samples of `--new_tokens` tokens), params sharded, prompts replicated as `RLFeed`
     passes them (host arrays).
@@ -47,7 +53,8 @@ numbers differ (usually lower); treat these as a plan, not a measurement.
 Prints one JSON line per (model, program, mesh, chunk): bench 'memory', model, program,
 mesh, dtype, shape, logprob_chunk, layers, per-device byte counts and GiB, fits_80gb,
 largest_buffer, compile_s, extrapolated_from.
-Expected runtime on 2 busy CPU cores with the defaults: about 1-3 minutes per line.
+Expected runtime on 2 busy CPU cores: 15-30 s per compile, two per line: the default 24
+lines take about 25 minutes; `--layers=full` for the 7B RL update takes several minutes.
 """
 
 from __future__ import annotations
@@ -104,6 +111,7 @@ class Shapes:
     sft_batch: int = 64
     sft_len: int = 512
     accum_steps: int = 1  # micro-batches of the SFT step and the RL update
+    share_prompt: int = 1  # RL update: each group's prompt run once (config.rl.share_prompt)
 
 
 def model_config(name: str, dtype: str, num_layers: int | None = None) -> Any:
@@ -199,6 +207,7 @@ def lower_rl_update(config: Any, mesh: Any, rules: Sequence, shapes: Shapes,
     section = rl_lib.rl_section()
     section.loss.logprob_chunk = logprob_chunk
     section.group_size = shapes.group
+    section.share_prompt = bool(shapes.share_prompt)
     loss_fn = losses.make_policy_loss_fn(config, rl_lib.policy_loss_config(
         section.loss, shapes.new_tokens, shapes.prompt_len, rl_lib.shared_group_size(section)))
     rows, length = shapes.prompts * shapes.group, shapes.prompt_len + shapes.new_tokens
@@ -385,6 +394,7 @@ def _shape_record(program: str, shapes: Shapes) -> dict[str, int]:
               "prompt_len": shapes.prompt_len, "new_tokens": shapes.new_tokens}
     if program == "rl_update":
         record["accum_steps"] = shapes.accum_steps
+        record["share_prompt"] = bool(shapes.share_prompt)
     return record
 
 
