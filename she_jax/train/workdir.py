@@ -52,6 +52,7 @@ RESUME_MAY_CHANGE = (
     "mesh",
     "axis_rules",
     "distributed",
+    "rl.loss.logprob_chunk",  # how the loss is chunked over positions: same values
     # The policy itself.
     "resume_mismatch",
 )
