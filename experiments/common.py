@@ -61,10 +61,11 @@ def rl_config(name: str, trainer: str, arg: str | None) -> ml_collections.Config
     c.init_from = "sft_think"
     c.rl = rl_section()
     c.reward = outcome_config()
-    # Measured at tiny from the think-first SFT start (runs/lr_sweep, docs/results/):
-    # 6e-5 and 2e-4 collapse the policy onto L4 (98-99 % of test predictions) and lower
-    # macro-F1 on every split; 2e-5 keeps the label mix and is within noise of the start on
-    # negation, QA and dev. Natural-prior prompts: class-balanced ones move the learnt prior.
+    # Measured at tiny from the think-first SFT start, 2 seeds (docs/results/grpo_lr_sweep):
+    # 6e-5 and 2e-4 push the predictions toward L4 (82-96 % of dev and test_longtail, gold
+    # 50 %) and lower macro-F1 on every split (dev -10 to -12 points); 2e-5 keeps the label
+    # mix and is within noise of the start on dev, negation and QA (still -4 to -9 on head,
+    # longtail, alternative). Natural-prior prompts: class-balanced ones move the prior.
     c.optimizer.lr = 2e-5
     c.rl.filter.label_balance_power = 0.0
     c.optimizer.warmup_steps = 5
