@@ -11,6 +11,7 @@ from she_jax.models import transformer
 from she_jax.rl import losses
 from she_jax.rl.rollout import Rollouts
 from she_jax.train import rl, sft
+from tiny_runs import WordTokenizer as _WordTokenizer
 
 MODEL = transformer.ModelConfig(vocab_size=48, hidden_size=16, num_layers=1, num_heads=2,
                                 num_kv_heads=1, head_dim=8, mlp_dim=32)
@@ -93,19 +94,6 @@ def test_label_mix_metrics_against_a_hand_count():
     assert abs(m["labels/tv_distance"] - 0.5 * (1.125 + 0.125)) < 1e-12
 
 
-class _WordTokenizer:
-    pad_id, eos_id = 0, 1
-    step_marker_ids = (40, 41, 42, 43, 44)
-    label_ids = LABEL_IDS
-
-    def encode(self, text):
-        return [10 + sum(map(ord, w)) % 28 for w in text.split()][:12]
-
-    def encode_batch(self, texts):
-        return [self.encode(t) for t in texts]
-
-    def decode(self, ids, skip_special=False):
-        return " ".join(f"w{int(i)}" for i in ids)
 
 
 def test_feed_attaches_one_anchor_batch_per_update_and_checkpoints_its_position(tmp_path):

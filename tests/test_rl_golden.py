@@ -21,23 +21,13 @@ from she_jax.models import transformer
 from she_jax.rl import losses, rollout as rollout_lib
 from she_jax.train import loop, metrics as metrics_lib, optim, rl
 from she_jax.train.state import create_train_state
+from tiny_runs import WordTokenizer as _WordTokenizer
 
 VOCAB = 48
 GOLD_OF_CONTEXT = (0, 0, 0, 0, 2, 2, 1, 3)  # class ids (L4, L3, L2, L1 = 0..3)
 GOLD_MIX = np.bincount(GOLD_OF_CONTEXT, minlength=4) / len(GOLD_OF_CONTEXT)
 
 
-class _WordTokenizer:
-    """Word i of a text <-> one id in 10..37 (hash); label tokens 45, 46, 47, 39."""
-    pad_id, eos_id = 0, 1
-    step_marker_ids = (40, 41, 42, 43, 44)
-    label_ids = (45, 46, 47, 39)
-
-    def encode(self, text):
-        return [10 + sum(map(ord, w)) % 28 for w in text.split()][:12]
-
-    def decode(self, ids, skip_special=False):
-        return " ".join(f"w{int(i)}" for i in ids)
 
 
 def _records(noise_words, gold=GOLD_OF_CONTEXT):

@@ -37,3 +37,20 @@ def build_sft_run(workdir: str, order: str = "answer_first",
     config = tiny_sft_config(order, extra_orders)
     registry.run_config(config, workdir)
     return config
+
+
+class WordTokenizer:
+    """A Tokenizer stand-in for RL driver tests: each word of a text <-> one id in 10..37
+    (a hash), no special structure; step markers 40..44, labels 45, 46, 47, 39."""
+    pad_id, eos_id = 0, 1
+    step_marker_ids = (40, 41, 42, 43, 44)
+    label_ids = (45, 46, 47, 39)
+
+    def encode(self, text):
+        return [10 + sum(map(ord, w)) % 28 for w in text.split()][:12]
+
+    def encode_batch(self, texts):
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids, skip_special=False):
+        return " ".join(f"w{int(i)}" for i in ids)
