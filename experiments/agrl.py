@@ -1,6 +1,6 @@
 r"""TaoSR-AGRL: rule-aware reward shaping + adaptive guided replay, trainer `agrl`.
 
-  python -m experiments.run --config=experiments/agrl.py              # tiny: builds runs/sft first
+  python -m experiments.run --config=experiments/agrl.py              # tiny: builds runs/sft_think first
   python -m experiments.run --config=experiments/agrl.py --config.replay.mode=hint
   python -m experiments.run --config=experiments/agrl.py --config.shaping.gate=cap
 

@@ -1,6 +1,6 @@
 r"""pass@N DPO (TaoSR1 stage 2), trainer `dpo`.
 
-  python -m experiments.run --config=experiments/dpo.py                 # tiny: builds runs/sft first
+  python -m experiments.run --config=experiments/dpo.py                 # tiny: builds runs/sft_think first
   python -m experiments.run --config=experiments/dpo.py --config.dpo.beta=0.3 \
       --config.dpo.label_smoothing=0.1
 

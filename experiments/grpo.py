@@ -1,13 +1,13 @@
 r"""GRPO with difficulty-based dynamic sampling (TaoSR1), trainer `grpo`.
 
-  python -m experiments.run --config=experiments/grpo.py            # tiny: builds runs/sft first
+  python -m experiments.run --config=experiments/grpo.py            # tiny: builds runs/sft_think first
   python -m experiments.run --config=experiments/grpo.py --config.rl.advantage.scale=none \
       --config.rl.loss.aggregation=constant                          # Dr.GRPO
   python -m experiments.run --config=experiments/grpo.py --config.rl.filter.drop_zero_variance=False
   python -m launch.sweep --config=experiments/grpo.py --out=runs/grpo_sweep   # get_sweep()
 
-Starts from the finished SFT run (config.init_from = 'sft'); writes runs/grpo[_<variant>]/
-with metrics.jsonl (reward, accuracy, clip fraction, KL, entropy, ratios, lengths, filter
+Starts from the finished think-first SFT run (config.init_from = 'sft_think'); writes
+runs/grpo[_<variant>]/ with metrics.jsonl (reward, accuracy, clip fraction, KL, entropy, ratios, lengths, filter
 shares, seconds per phase), samples.jsonl (decoded rollouts and rewards) and eval.json.
 """
 
