@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from she_jax import sampling
+from she_jax import sampling, special_tokens as st
 from she_jax.data import loader, sources
 from she_jax.eval import evaluate
 from she_jax.models import transformer
@@ -480,8 +480,6 @@ def label_mix_metrics(rollouts: Rollouts) -> dict[str, float]:
     distance between the two mixes over the 4 labels (invalid predictions count as mass
     on no label). A collapse onto one class shows here at once, not after the evaluation.
     """
-    from she_jax import special_tokens as st
-
     predicted = [p.label for row in rollouts.parsed for p in row]
     gold = [r["label"] for r in rollouts.records for _ in range(rollouts.group_size)]
     n = max(len(predicted), 1)
