@@ -46,7 +46,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -55,6 +54,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from experiments import registry
+from she_jax import signals as signals_lib
 
 TRIAL_MODULE = "experiments.run"
 PREREQUISITE_MODULE = "launch.prerequisites"
@@ -438,14 +438,11 @@ class _SignalForwarder:
             child.send_signal(self.signum)
 
     def __enter__(self) -> "_SignalForwarder":
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous = signals_lib.install(self.SIGNALS, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        signals_lib.restore(self._previous)
 
 
 def _start(command: Sequence[str], log_path: str) -> subprocess.Popen:

@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import signal
-import threading
 import time
 from typing import Any
 
@@ -42,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from she_jax import parallel
+from she_jax import parallel, signals as signals_lib
 from she_jax.train import checkpoint as checkpoint_lib
 from she_jax.train import metrics as metrics_lib
 from she_jax.train.state import TrainState
@@ -261,14 +260,11 @@ class _StopOnSignal(contextlib.AbstractContextManager):
         logging.warning("%s received: stopping after the current step", self.received)
 
     def __enter__(self) -> "_StopOnSignal":
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous = signals_lib.install(self.SIGNALS, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        signals_lib.restore(self._previous)
 
     def requested(self) -> bool:
         # All hosts must stop at the same step, or the others hang in the next collective.
