@@ -4,10 +4,14 @@ SFT start, with the same budget, over seeds, and one report.
   python -m experiments.ladder --seeds=0,1,2 --world_seed=0 --out=runs/ladder
   python -m experiments.ladder --methods=sft,grpo,srpo --updates=120 --test_size=2000
   python -m experiments.ladder --dry_run                      # the commands, one per line
+  python -m experiments.ladder --sft_dir=runs/sft_think_wide --methods=grpo,srpo
+
 
 For every seed s: `experiments/sft_think.py` trains the starting policy into
 <out>/sft/seed<s> (seed and data_seed s), then every other method starts from that run
-(`--config.init_dir`) with seed s into <out>/<method>/seed<s>. Every RL method gets the same
+(`--config.init_dir`) with seed s into <out>/<method>/seed<s>. With `--sft_dir` one finished
+SFT run is every seed's start instead (the seeds then vary the RL methods only, and each
+method's paired difference is its mean over seeds against that one run). Every RL method gets the same
 number of optimizer updates (`--updates`, 8 prompts x 8 samples per update at tiny), DPO
 its own config's budget; all are evaluated on the same splits (dev and every test split,
 all examples). `--world_seed` and `--test_size` set the ShopWorld seed and the size of each
@@ -23,6 +27,7 @@ them against GRPO.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -57,6 +62,11 @@ def _flag_values() -> flags.FlagValues:
                       "always run (it is every other method's start).", flag_values=fv)
     flags.DEFINE_integer("updates", 0, "Optimizer updates of every RL method (0: each "
                          "config's own).", flag_values=fv)
+    flags.DEFINE_string("sft_dir", "", "A finished think-first SFT run: the one start of every "
+                        "seed's RL methods (not trained by the ladder; evaluated on every "
+                        "split in full first if it was not). Its data section is used for "
+                        "every run (--world_seed and --test_size must then be left out).",
+                        flag_values=fv)
     flags.DEFINE_string("variant", "", "Config variant (tiny, small, ...).", flag_values=fv)
     flags.DEFINE_string("out", "runs/ladder", "Ladder directory.", flag_values=fv)
     flags.DEFINE_integer("parallel", 1, "Runs at once within a method.", lower_bound=1,
@@ -71,26 +81,56 @@ def _config_arg(path: str, variant: str) -> str:
     return f"{path}:{variant}" if variant else path
 
 
+def _sft_data_overrides(sft_dir: str) -> list[tuple[str, str]]:
+    """The data section of a finished SFT run as overrides (its world and every world
+    override it set), so that the RL runs evaluate the same examples."""
+    path = os.path.join(sft_dir, "config.json")
+    if not (os.path.isfile(path) and os.path.isfile(os.path.join(sft_dir, "eval.json"))):
+        raise sweep_lib.SweepError(f"--sft_dir={sft_dir}: not a finished run (config.json and "
+                                   "eval.json)")
+    with open(path) as f:
+        data = json.load(f).get("data") or {}
+    if data.get("source", "shopworld") != "shopworld":
+        raise sweep_lib.SweepError(f"{path}: data.source={data.get('source')!r}; the ladder "
+                                   "runs on ShopWorld")
+    out = [("data.world", str(data.get("world", "tiny")))]
+    for key, value in sorted((data.get("world_overrides") or {}).items()):
+        if value is not None:
+            out.append((f"data.world_overrides.{key}", repr(value) if isinstance(value, str)
+                        else str(value)))
+    return out
+
+
 def plan(methods: Sequence[str], seeds: Sequence[str], out: str, *, world_seed: int = 0,
-         test_size: int = 0, updates: int = 0, variant: str = "",
+         test_size: int = 0, updates: int = 0, variant: str = "", sft_dir: str = "",
          rl_overrides: Sequence[tuple[str, str]] = ()) -> list[sweep_lib.Sweep]:
-    """One validated sweep per method (SFT first); trial `seed<s>` of each in
-    <out>/<method>/seed<s>. Raises SweepError naming the key for a bad override."""
+    """One validated sweep per method (SFT first, unless `sft_dir` gives the one start of
+    every seed); trial `seed<s>` of each in <out>/<method>/seed<s>. Raises SweepError naming
+    the key for a bad override."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise sweep_lib.SweepError(f"--methods: unknown {unknown}; known: {list(METHODS)}")
     # Every config evaluates dev and every test split by default; all of their examples.
-    data = [("data.world_overrides.seed", str(world_seed)), ("eval.max_examples", "0")]
-    if test_size:
-        data.append(("data.world_overrides.test_size", str(test_size)))
-    sft_dir = os.path.join(out, "sft")
+    if sft_dir:
+        if world_seed or test_size:
+            raise sweep_lib.SweepError("--sft_dir: the runs take its data section; leave out "
+                                       "--world_seed and --test_size")
+        data = _sft_data_overrides(sft_dir) + [("eval.max_examples", "0")]
+    else:
+        data = [("data.world_overrides.seed", str(world_seed)), ("eval.max_examples", "0")]
+        if test_size:
+            data.append(("data.world_overrides.test_size", str(test_size)))
+    sft_root = os.path.join(out, "sft")
+    starts = ([sft_dir] * len(seeds) if sft_dir
+              else [os.path.join(sft_root, f"seed{s}") for s in seeds])
     sweeps = []
-    for method in ["sft"] + [m for m in methods if m != "sft"]:
+    trained = [m for m in methods if m != "sft"]
+    for method in (trained if sft_dir else ["sft"] + trained):
         config_file, own = METHODS[method]
         fixed = data + list(own.items())
         axes: list[tuple[str, list[str]]] = [("seed", list(seeds)), ("data_seed", list(seeds))]
         if method != "sft":
-            axes.append(("init_dir", [os.path.join(sft_dir, f"seed{s}") for s in seeds]))
+            axes.append(("init_dir", starts))
         if method in RL_METHODS:
             if updates:
                 fixed.append(("optimizer.total_steps", str(updates)))
@@ -108,25 +148,45 @@ def plan(methods: Sequence[str], seeds: Sequence[str], out: str, *, world_seed: 
     return sweeps
 
 
+def ensure_full_eval(sft_dir: str) -> None:
+    """Evaluates the given SFT start on dev and every test split, all examples, unless its
+    eval.json already holds that (its baseline row in the report needs them)."""
+    from she_jax.eval import evaluate
+
+    with open(os.path.join(sft_dir, "eval.json")) as f:
+        eval_dict = json.load(f)
+    done = set(eval_dict.get("splits") or {})
+    full = ((eval_dict.get("config") or {}).get("eval") or {}).get("max_examples") == 0
+    if full and set(evaluate.DEFAULT_SPLITS) <= done:
+        return
+    print(f"ladder: evaluating {sft_dir} on every split, all examples", flush=True)
+    from she_jax.eval.__main__ import reevaluate
+
+    reevaluate(sft_dir, splits=["all"], max_examples=0)
+
+
 def run(sweeps: Sequence[sweep_lib.Sweep], out: str, parallel: int = 1,
-        report: bool = True) -> int:
-    """Runs every method's sweep in order (SFT first: the others start from it), then the
-    reports. Returns 0 when every run finished."""
+        report: bool = True, sft_dir: str = "") -> int:
+    """Runs every method's sweep in order (SFT first: the others start from it, or from
+    `sft_dir`, evaluated in full first), then the reports. Returns 0 when every run
+    finished."""
     status = 0
+    if sft_dir:
+        ensure_full_eval(sft_dir)
     for sweep in sweeps:
         code = sweep_lib.run_sweep(sweep, parallel=parallel, report=False)
         if code >= 128:  # interrupted: stop the ladder; a rerun resumes it
             return code
-        if code and sweep is sweeps[0]:
+        if code and sweep is sweeps[0] and not sft_dir:
             print(f"ladder: the SFT start did not finish; see {sweep.path}", file=sys.stderr)
             return code
         status = status or code
     if report:
         from she_jax.eval import compare
 
-        dirs = [s.out for s in sweeps]
+        dirs = ([f"sft={sft_dir}"] if sft_dir else []) + [s.out for s in sweeps]
         compare.build_report(dirs, out_dir=out, baseline="sft")
-        if any(os.path.basename(d) == "grpo" for d in dirs):
+        if any(s.label == "grpo" for s in sweeps):
             compare.build_report(dirs, out_dir=os.path.join(out, "vs_grpo"), baseline="grpo")
         print(f"ladder report: {os.path.join(out, 'report.md')}", flush=True)
     return status
@@ -139,7 +199,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         sweeps = plan(fv.methods, fv.seeds, fv.out, world_seed=fv.world_seed,
                       test_size=fv.test_size, updates=fv.updates, variant=fv.variant,
-                      rl_overrides=fixed)
+                      sft_dir=fv.sft_dir, rl_overrides=fixed)
     except sweep_lib.SweepError as e:
         print(f"ladder: {e}", file=sys.stderr)
         return 2
@@ -148,7 +208,7 @@ def main(argv: Sequence[str]) -> int:
             for trial in sweep.trials:
                 print(sweep_lib.display_command(trial.command))
         return 0
-    return run(sweeps, fv.out, fv.parallel, fv.report)
+    return run(sweeps, fv.out, fv.parallel, fv.report, fv.sft_dir)
 
 
 if __name__ == "__main__":

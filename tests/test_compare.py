@@ -288,3 +288,29 @@ def test_write_predictions_per_example_steps(tmp_path):
                                       annotations)
     assert entry["step_accuracy"]["all_steps"] == pytest.approx(3 / 4)
     assert entry["hallucination_rate"] == pytest.approx(1 / 3)
+
+
+def test_named_dir_and_one_shared_start_against_several_seeds(tmp_path):
+    """`NAME=DIR` names a plain run's setting; three RL seeds started from that one run are
+    compared with it as their mean over seeds (not only the seed that matches), and the CLI
+    takes the same argument."""
+    y_true = [i % 4 for i in range(40)]
+    start = write_run(tmp_path / "start", _config("sft_think", 0), {"dev": (y_true, Y_ALL_L4 * 5,
+                                                                          None)})
+    preds = {0: y_true, 1: y_true, 2: Y_ALL_L4 * 5}  # accuracy 1, 1, 1/4
+    for seed in (0, 1, 2):
+        write_run(tmp_path / "grpo" / f"seed{seed}", _config("grpo", seed),
+                  {"dev": (y_true, preds[seed], None)})
+    out = tmp_path / "report"
+    result = compare.build_report([f"sft={start}", str(tmp_path / "grpo")], str(out),
+                                  n_resamples=200)
+    assert [s["name"] for s in result["settings"]] == ["sft", "grpo"]
+    assert result["baseline"] == "sft"
+    entry = result["paired"]["dev"]["grpo"]
+    assert entry["seeds"] == "mean over seeds (3 vs 1)"
+    assert entry["metrics"]["accuracy"]["diff"] == pytest.approx((1 + 1 + 0.25) / 3 - 0.25)
+    assert compare.main([f"sft={start}", str(tmp_path / "grpo"), f"--out={out}",
+                         "--n_resamples=50"]) == 0
+    assert json.load(open(out / "report.json"))["baseline"] == "sft"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        compare.build_report([f"sft={tmp_path / 'nowhere'}"], str(out))

@@ -99,3 +99,54 @@ def test_a_plain_run_and_a_sweep_on_the_same_data_are_paired(tmp_path):
     entry = report["paired"]["dev"]["grpo"]
     assert "skipped" not in entry, entry
     assert entry["metrics"]["accuracy"]["diff"] == pytest.approx(0.25)
+
+
+def test_sft_dir_is_every_seeds_start_and_gives_its_data(tmp_path):
+    """--sft_dir: no SFT sweep; every RL seed starts from that run and takes its data
+    section (so a run with an unset world seed pairs with RL runs that set seed 0)."""
+    start = str(tmp_path / "start")
+    data = {"source": "shopworld", "world": "tiny",
+            "world_overrides": {"seed": None, "test_size": 40, "label_mix": [0.4, 0.3, 0.2, 0.1]}}
+    write_run(start, {"name": "sft_think", "seed": 0, "data": data},
+              {"dev": ([0, 2, 1, 3], [0, 0, 1, 3], None)})
+    out = str(tmp_path / "ladder")
+    sweeps = ladder.plan(["grpo", "srpo"], ["0", "1", "2"], out, sft_dir=start)
+    assert [s.label for s in sweeps] == ["grpo", "srpo"]
+    for sweep in sweeps:
+        for trial in sweep.trials:
+            assert _flag(trial.command, "init_dir") == start
+            assert _flag(trial.command, "data.world_overrides.test_size") == "40"
+            assert _flag(trial.command, "data.world_overrides.label_mix") == "[0.4, 0.3, 0.2, 0.1]"
+            assert _flag(trial.command, "data.world_overrides.seed") is None
+    with pytest.raises(sweep_lib.SweepError, match="world_seed"):
+        ladder.plan(["grpo"], ["0"], out, sft_dir=start, world_seed=1)
+    with pytest.raises(sweep_lib.SweepError, match="not a finished run"):
+        ladder.plan(["grpo"], ["0"], out, sft_dir=str(tmp_path / "none"))
+    # The RL runs record seed 0 explicitly; the start left it unset: the same examples.
+    for seed, pred in ((0, [0, 2, 1, 3]), (1, [0, 2, 1, 3]), (2, [0, 0, 1, 3])):
+        rl_data = {**data, "world_overrides": {**data["world_overrides"], "seed": 0}}
+        write_run(os.path.join(out, "grpo", f"seed{seed}"),
+                  {"name": "grpo", "seed": seed, "data_seed": seed, "init_dir": start,
+                   "data": rl_data}, {"dev": ([0, 2, 1, 3], pred, None)})
+    report = compare.build_report([f"sft={start}", os.path.join(out, "grpo")],
+                                  out_dir=str(tmp_path / "r"), n_resamples=50)
+    entry = report["paired"]["dev"]["grpo"]
+    assert "skipped" not in entry, entry
+    assert entry["seeds"] == "mean over seeds (3 vs 1)"
+    assert entry["metrics"]["accuracy"]["diff"] == pytest.approx((1 + 1 + 0.75) / 3 - 0.75)
+
+
+def test_ensure_full_eval_evaluates_a_partly_evaluated_start(tmp_path):
+    import tiny_runs
+    from she_jax.eval import evaluate
+
+    workdir = str(tmp_path / "sft")
+    tiny_runs.build_sft_run(workdir, order="think_first")  # evaluated: dev, 4 examples
+    ladder.ensure_full_eval(workdir)
+    eval_dict = json.load(open(os.path.join(workdir, "eval.json")))
+    assert set(eval_dict["splits"]) == set(evaluate.DEFAULT_SPLITS)
+    assert eval_dict["splits"]["dev"]["n"] == 32  # the whole dev split
+    assert eval_dict["splits"]["test_head"]["n"] == 24
+    before = os.path.getmtime(os.path.join(workdir, "eval.json"))
+    ladder.ensure_full_eval(workdir)  # already full: nothing redone
+    assert os.path.getmtime(os.path.join(workdir, "eval.json")) == before

@@ -1,11 +1,13 @@
 r"""The cross-run report: settings compared across seeds, with bootstrap intervals.
 
     python -m she_jax.eval.compare RUN_OR_SWEEP_DIR [DIR ...] [--out=DIR] [--baseline=SETTING]
+    python -m she_jax.eval.compare sft=runs/sft_think runs/ladder/grpo   # NAME=DIR names a setting
         [--splits=test_head,dev] [--n_resamples=2000] [--seed=0] [--curves=loss,...]
 
 Inputs: run directories (config.json + eval.json, and predictions.jsonl / metrics.jsonl where
 present), sweep directories (sweep.json: `trials`, each with its `overrides` and `workdir`) or
-any folder whose subdirectories are run directories. Runs that differ only in their seeds
+any folder whose subdirectories are run directories; `NAME=DIR` names the setting(s) of the
+runs found in DIR (a directory whose own name holds `=` is read as a directory). Runs that differ only in their seeds
 (`seed`, `data_seed`, `prerequisite_seed`) are one *setting*: for a sweep trial its command
 line (the sweep's config file and fixed overrides, then the trial's overrides) minus those
 keys, for a plain run its flattened config.json minus those keys and the paths filled in
@@ -86,8 +88,8 @@ METHOD_TEXT = (
     "averaged over the drawn seeds. With fewer than 3 seeds the seed level is barely "
     "resampled and the interval mostly reflects the examples. Paired difference A - B: on "
     "the examples both settings evaluated (matched by split and id, gold labels checked "
-    "equal), seeds matched by seed value where both settings ran the same seeds (else each "
-    "side's mean over its own seeds), bootstrapped over examples only (one draw for both "
+    "equal), seeds matched by seed value where both settings ran several seeds and share "
+    "some (else each side's mean over its own seeds, e.g. RL seeds against their one SFT start), bootstrapped over examples only (one draw for both "
     "sides), stratified by gold label, percentile interval. Step accuracy: share of annotated "
     "examples whose every annotated step is right; hallucination: share of the examples with "
     "all steps right whose label is wrong. Invalid outputs count as wrong. A value marked † "
@@ -246,9 +248,18 @@ def read_sweep(sweep_file: str) -> list[dict[str, Any]]:
     return out
 
 
+def _split_named(path: str) -> tuple[str | None, str]:
+    """'NAME=DIR' -> (NAME, DIR); a plain path (or an existing directory named with '=')
+    -> (None, path)."""
+    name, sep, rest = path.partition("=")
+    if not sep or os.path.isdir(path) or not name or os.sep in name:
+        return None, path
+    return name, rest
+
+
 def load_runs(paths: Sequence[str]) -> tuple[list[Run], list[str]]:
-    """Every evaluated run under `paths` (run, sweep or parent directories), and warnings
-    about runs left out. A directory given twice (or reached twice) is read once."""
+    """Every evaluated run under `paths` (run, sweep or parent directories, each optionally
+    `NAME=DIR` to name its settings), and warnings about runs left out. A directory given twice (or reached twice) is read once."""
     runs: list[Run] = []
     warnings: list[str] = []
     seen: set[str] = set()
@@ -261,24 +272,25 @@ def load_runs(paths: Sequence[str]) -> tuple[list[Run], list[str]]:
             runs.append(load_run(workdir, overrides, label))
 
     for path in paths:
+        named, path = _split_named(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path}: no such directory")
         sweep_file = os.path.join(path, SWEEP_FILE)
         if os.path.isfile(sweep_file):
             for trial in read_sweep(sweep_file):
                 if is_run_dir(trial["workdir"]):
-                    add(trial["workdir"], trial["overrides"], trial["label"])
+                    add(trial["workdir"], trial["overrides"], named or trial["label"])
                 else:
                     warnings.append(f"{sweep_file}: trial {trial['workdir']} (status "
                                     f"{trial['status']}) has no eval.json; left out")
         elif is_run_dir(path):
-            add(path)
+            add(path, label=named)
         else:
             found = False
             for child in sorted(os.listdir(path)):
                 child = os.path.join(path, child)
                 if is_run_dir(child):
-                    add(child)
+                    add(child, label=named)
                     found = True
                 elif os.path.isfile(os.path.join(child, "config.json")):
                     warnings.append(f"{child}: has config.json but no eval.json (not "
@@ -337,9 +349,30 @@ def _data_identity(setting: Setting) -> str:
     """What decides a setting's examples: its runs' resolved data section (config.json),
     whether the setting came from a sweep's overrides or a plain run's config. Unset keys
     (None) count as absent, so configs from before a key was declared still pair."""
-    flat = _flatten({"data": setting.runs[0].config.get("data") or {}})
+    data = dict(setting.runs[0].config.get("data") or {})
+    world = _resolved_world(data)
+    if world is not None:  # a ShopWorld preset plus overrides: compare the resolved world
+        data.pop("world_overrides", None)
+        data["world"] = world
+    flat = _flatten({"data": data})
     return _canonical({k: v for k, v in flat.items()
                        if k not in SAME_EXAMPLES_DATA_KEYS and v is not None and v != {}})
+
+
+def _resolved_world(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The WorldConfig a ShopWorld data section builds (preset + overrides), so that
+    `world_overrides.seed=0` and an unset seed on a preset whose seed is 0 are the same
+    examples; None when the section is not ShopWorld or does not resolve."""
+    from she_jax.data.shopworld import WorldConfig
+
+    if data.get("source", "shopworld") != "shopworld" or not isinstance(data.get("world"), str):
+        return None
+    overrides = {k: tuple(v) if isinstance(v, list) else v
+                 for k, v in dict(data.get("world_overrides") or {}).items() if v is not None}
+    try:
+        return dataclasses.asdict(WorldConfig.preset(data["world"], **overrides))
+    except (TypeError, ValueError):
+        return None
 
 
 # ----------------------------------------------------------------------------------------
@@ -459,8 +492,9 @@ def _label_mix(runs: Sequence[Run], split: str) -> tuple[dict, dict]:
 
 def _paired_entry(a_runs: Sequence[Run], b_runs: Sequence[Run], a: SplitData, b: SplitData,
                   example_counts: Any) -> dict[str, Any]:
-    """A - B on the examples both evaluated: seeds matched by value when both sides ran the
-    same (distinct) seeds, else each side's mean over its seeds."""
+    """A - B on the examples both evaluated: seeds matched by value when both sides ran
+    several (distinct) seeds and share some, else each side's mean over its seeds (e.g.
+    every RL seed against the one SFT run they all started from)."""
     common = set(a.ids) & set(b.ids)
     if not common:
         return {"skipped": "no example evaluated by both"}
@@ -469,7 +503,7 @@ def _paired_entry(a_runs: Sequence[Run], b_runs: Sequence[Run], a: SplitData, b:
     b_seeds = [run.seed_value for run in b_runs]
     matched = sorted(set(a_seeds) & set(b_seeds), key=lambda s: tuple(map(_id_order, s)))
     unique = len(set(a_seeds)) == len(a_seeds) and len(set(b_seeds)) == len(b_seeds)
-    if matched and unique:
+    if matched and unique and len(a_seeds) > 1 and len(b_seeds) > 1:
         rows_a = [a_seeds.index(s) for s in matched]
         rows_b = [b_seeds.index(s) for s in matched]
         label = {run.seed_value: run.seed_label for run in a_runs}
@@ -502,8 +536,9 @@ def label_seeds(runs: Sequence[Run]) -> list[str]:
 
 
 def _default_out_dir(paths: Sequence[str]) -> str:
-    if len(paths) == 1 and os.path.isdir(paths[0]) and not is_run_dir(paths[0]):
-        return paths[0]
+    path = _split_named(paths[0])[1] if len(paths) == 1 else ""
+    if path and os.path.isdir(path) and not is_run_dir(path):
+        return path
     raise ValueError("out_dir is required unless a single sweep directory (or directory of "
                      "runs) is given")
 
@@ -1007,7 +1042,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Cross-run report of run or sweep directories: per setting and split, "
                     "means over seeds with bootstrap intervals, paired differences, "
                     "learning curves.")
-    parser.add_argument("dirs", nargs="+", help="run, sweep or parent directories")
+    parser.add_argument("dirs", nargs="+", help="run, sweep or parent directories; NAME=DIR "
+                        "names the setting of DIR's runs")
     parser.add_argument("--out", default=None,
                         help="output directory (default: the one sweep directory given)")
     parser.add_argument("--baseline", default=None,
@@ -1027,7 +1063,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               metrics_keys=args.curves)
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"error: {e}\n")
-    out_dir = args.out if args.out is not None else args.dirs[0]
+    out_dir = args.out if args.out is not None else _split_named(args.dirs[0])[1]
     for warning in result["warnings"]:
         print(f"warning: {warning}")
     print(f"wrote {', '.join(os.path.join(out_dir, f) for f in result['files'])} and "
