@@ -176,3 +176,24 @@ def test_seeds_and_data_reach_the_prerequisites(tmp_path, monkeypatch):
     again.model.dtype = "bfloat16"
     registry.build_prerequisites(again)
     assert again.init_dir == config.init_dir and len(built) == 2
+
+
+def test_sft_think_wide_builds_its_base_then_continues_at_half_the_rate(tmp_path, monkeypatch):
+    """The strong think-first start: base (tiny_wide + overlap task, 800 updates at 1e-3),
+    then 800 more at 5e-4 from it; other variants are sft_think.py itself."""
+    from experiments import sft_think, sft_think_wide
+
+    monkeypatch.setattr(registry, "RUNS_DIR", str(tmp_path))
+    built = []
+    monkeypatch.setattr(registry, "run_config",
+                        lambda c, w: built.append((c.name, c.optimizer.lr,
+                                                   c.optimizer.total_steps, c.model.preset,
+                                                   c.sft.overlap_weight, c.sft.order)))
+    config = sft_think_wide.get_config()
+    registry.build_prerequisites(config)
+    assert built == [("sft_think_wide_base", 1e-3, 800, "tiny_wide", 1.0, "think_first")]
+    assert config.init_dir == str(tmp_path / "sft_think_wide_base")
+    assert (config.optimizer.lr, config.optimizer.total_steps, config.model.preset,
+            config.sft.order) == (5e-4, 800, "tiny_wide", "think_first")
+    small, base = sft_think_wide.get_config("small"), sft_think.get_config("small")
+    assert small.init_from == "" and small.optimizer.to_dict() == base.optimizer.to_dict()
