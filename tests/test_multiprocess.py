@@ -1,10 +1,11 @@
 """Multi-process runs on this machine through launch/local.py: 2 processes x 2 CPU devices
-train exactly as 1 process x 4 devices, a checkpoint written by 2 processes continues in
-1, and a killed process ends the run instead of hanging it.
+train exactly as 1 process x 4 devices (SFT, GRPO and SRPO), a checkpoint written by 2
+processes continues in 1, and a killed process ends the run instead of hanging it.
 
-Each run is a real `python -m experiments.run` SFT of a 2-layer model (4-device fsdp mesh,
-8-row batches: each process feeds its own 4 rows); the workers share the tests' JAX
-compilation cache, so later runs reuse the first one's programs.
+Each run is a real `python -m experiments.run` of a 2-layer model (4-device fsdp mesh,
+8-row batches: each process feeds its own 4 rows; the RL runs sample 4 prompts x 4 on the
+global mesh and update on 16 rows); the workers share the tests' JAX compilation cache, so
+later runs reuse the first one's programs.
 """
 
 import json
@@ -61,11 +62,12 @@ def assert_ok(outcome, lines):
 
 
 def metrics(workdir):
+    """{step: record} of metrics.jsonl without the wall-clock metrics (perf/, RL time/)."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     steps = [r["step"] for r in records]
     assert steps == sorted(set(steps)), steps  # one writer: every step once
-    return {r["step"]: {k: v for k, v in r.items() if not k.startswith("perf/")}
+    return {r["step"]: {k: v for k, v in r.items() if not k.startswith(("perf/", "time/"))}
             for r in records}
 
 
@@ -93,11 +95,12 @@ def assert_metrics_close(got, want, steps):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, rl_start_build):
     """two: 2 processes x 2 devices, 6 steps, evaluated; one: 1 process x 4 devices, 6
     steps; resumed: a copy of `two` rolled back to its step-4 checkpoint (the learning-rate
     schedule depends on total_steps, so every run is a 6-step run) and continued to step 6
-    by 1 process."""
+    by 1 process. (The RL start is built side by side meanwhile: `rl_start_build`.)
+    """
     root = tmp_path_factory.mktemp("multiprocess")
     dirs = {name: str(root / name) for name in ("two", "one", "resumed")}
     timings = {}
@@ -167,6 +170,152 @@ def test_killing_one_process_ends_the_other(tmp_path):
     assert outcome.codes[1] == -signal.SIGKILL
     assert outcome.ended_on_their_own and outcome.codes[0] not in (None, 0), outcome
     assert ended - killed_at[0] < 60, ended - killed_at[0]
+
+
+# --------------------------------------------------------------------------- RL
+
+# The RL start: a tiny answer-first SFT run trained hard on its label token, so that its
+# first sampled token is often a label and a group's outcome rewards differ (a start that
+# never writes a label gives every group the same reward: no advantage, no update).
+RL_START = ["--config.optimizer.lr=1e-2", "--config.sft.label_weight=100", *NO_EVAL]
+RL_FLAGS = [
+    *[flag for flag in FLAGS if flag.startswith(("--config.data.", "--config.mesh."))],
+    "--config.rl.prompts_per_step=4",
+    "--config.rl.group_size=4",
+    "--config.rl.max_new_tokens=16",
+    "--config.rl.samples_every=1",
+    "--config.optimizer.total_steps=2",
+    "--config.optimizer.warmup_steps=1",
+    "--config.optimizer.lr=1e-3",
+    "--config.log_every=1",
+    "--config.checkpoint.every=1",
+]
+RL_METHODS = {
+    # One rollout batch, two minibatch updates (the second off-policy, with importance
+    # ratios; the checkpoint at step 1 holds the update still to take).
+    "grpo": ["--config=experiments/grpo.py", "--config.rl.num_minibatches=2"],
+    # Two rollout batches (the second sampled with the updated, sharded params), verifier
+    # step rewards, step-level advantages, entropy bonus, diversified filtering; no KL term
+    # (no reference forward: GRPO has it).
+    "srpo": ["--config=experiments/srpo_stage3.py", "--config.curriculum.enabled=False",
+             "--config.rl.loss.kl_beta=0"],
+}
+
+
+@pytest.fixture(scope="module")
+def rl_start_build(tmp_path_factory):
+    """Builds the RL start (1 process x 4 devices, 10 steps) on a thread, from the module's
+    first fixture on: it runs beside the SFT fixture's 2-process run, which leaves a core
+    idle for long stretches. Yields (workdir, thread, result); `rl_start` waits for it."""
+    workdir = str(tmp_path_factory.mktemp("rl_start") / "sft")
+    result = {}
+
+    def build():
+        start = time.perf_counter()
+        try:
+            result["outcome"] = run(workdir, 1, 10, RL_START)
+        except BaseException as e:  # noqa: BLE001 - re-raised by rl_start
+            result["error"] = e
+        result["seconds"] = time.perf_counter() - start
+
+    thread = threading.Thread(target=build, daemon=True)
+    thread.start()
+    yield workdir, thread, result
+    thread.join()
+
+
+@pytest.fixture(scope="module")
+def rl_start(rl_start_build):
+    workdir, thread, result = rl_start_build
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    assert_ok(*result["outcome"])
+    print("RL start (SFT) seconds:", round(result["seconds"], 1))
+    return workdir
+
+
+def rl_pair(root, start_dir, method, two_extra=()):
+    """The RL method run by 2 processes x 2 devices and by 1 process x 4 devices, both from
+    `start_dir`; returns ({'two': dir, 'one': dir}, the 2-process run's output lines)."""
+    dirs = {name: str(root / f"{method}_{name}") for name in ("two", "one")}
+    timings, lines, outcomes = {}, {"two": [], "one": []}, {}
+
+    def launch(name, processes, extra):
+        start = time.perf_counter()
+        outcomes[name] = local.launch(
+            [*RL_METHODS[method], *RL_FLAGS, f"--config.init_dir={start_dir}",
+             f"--workdir={dirs[name]}", *(extra or NO_EVAL)],
+            processes=processes, devices_per_process=4 // processes, timeout=TIMEOUT_S,
+            sink=lines[name].append)
+        timings[name] = time.perf_counter() - start
+
+    # Side by side: a 2-process run leaves a core idle for long stretches (process 1
+    # compiles while process 0 waits for it: jax's persistent cache serves process 0 only;
+    # process 0 evaluates and plots while process 1 waits).
+    single = threading.Thread(target=launch, args=("one", 1, NO_EVAL))
+    single.start()
+    launch("two", 2, two_extra)
+    single.join()
+    for name in ("two", "one"):
+        assert_ok(outcomes[name], lines[name])
+    print(f"{method} run seconds (side by side):", {k: round(v, 1) for k, v in timings.items()})
+    return dirs, lines["two"]
+
+
+def samples(workdir):
+    """The training rollouts of samples.jsonl (the evaluation adds its own lines)."""
+    with open(os.path.join(workdir, "samples.jsonl")) as f:
+        return [r for r in map(json.loads, f) if "step" in r]
+
+
+def assert_rl_two_processes_as_one(dirs, rollout_batches):
+    two, one = metrics(dirs["two"]), metrics(dirs["one"])
+    assert sorted(two) == sorted(one) == [1, 2]
+    assert_metrics_close(two, one, [1, 2])
+    # It learnt something: some groups' rewards differed, so the update moved the policy.
+    rollouts = [two[s] for s in two if "rollout/index" in two[s]]  # logged per rollout batch
+    assert [r["rollout/index"] for r in rollouts] == list(range(rollout_batches))
+    assert max(r["rollout/advantage_abs_mean"] for r in rollouts) > 0
+    assert min(two[s]["grad_norm"] for s in two) > 0
+    for step in (1, 2):
+        assert_close(checkpoint(dirs["two"], step), checkpoint(dirs["one"], step))
+    # The same rollouts, decoded and scored the same, written once (by process 0).
+    lines = samples(dirs["two"])
+    assert len(lines) == rollout_batches * 2 * 4  # samples_groups x group_size per batch
+    assert lines == samples(dirs["one"])
+    assert os.path.exists(os.path.join(dirs["two"], "model", "model.safetensors"))
+    return two
+
+
+@pytest.fixture(scope="module")
+def grpo_runs(tmp_path_factory, rl_start):
+    return rl_pair(tmp_path_factory.mktemp("grpo"), rl_start, "grpo", TINY_EVAL)
+
+
+@pytest.fixture(scope="module")
+def srpo_runs(tmp_path_factory, rl_start):
+    return rl_pair(tmp_path_factory.mktemp("srpo"), rl_start, "srpo")
+
+
+def test_grpo_two_processes_train_as_one(grpo_runs):
+    dirs, lines = grpo_runs
+    two = assert_rl_two_processes_as_one(dirs, rollout_batches=1)
+    # The 2nd update is off-policy (importance ratios away from 1) and pays a KL to the
+    # reference forward's log-probs.
+    assert two[2]["ratio_max"] - two[2]["ratio_min"] > 1e-2 and two[2]["kl"] > 0
+    # Process 0 alone evaluated the trained policy (a host copy of the sharded params).
+    assert os.path.exists(os.path.join(dirs["two"], "eval.json"))
+    assert any(line.startswith("[p0]") and "eval dev" in line for line in lines)
+    assert not any(line.startswith("[p1]") and "eval dev" in line for line in lines)
+
+
+def test_srpo_two_processes_train_as_one(srpo_runs):
+    dirs, _ = srpo_runs
+    two = assert_rl_two_processes_as_one(dirs, rollout_batches=2)
+    assert {"verifier/coverage", "step_reward/share_verifier", "entropy"} <= set(two[1])
+    assert any(two[s]["verifier/known_steps"] > 0 for s in two)  # step rewards were scored
+    assert "step_rewards" in samples(dirs["two"])[0]
 
 
 # ------------------------------------------------------------ the cluster launchers

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from she_jax import sampling
+from she_jax import parallel, sampling
 from she_jax.data import cot, sources
 from she_jax.eval import evaluate
 from she_jax.eval.metrics import pass_at_k  # pass@1..N of the sampled answers
@@ -197,9 +197,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rng = np.random.default_rng(config.data_seed)
     pairs, counts = build_pairs(records, completions, correct, tokenizer, order, section.oracle,
                                 rng)
-    with open(os.path.join(workdir, PASS_FILE), "w") as f:
-        json.dump({"pass_at_k": table, "pairs": counts, "num_prompts": len(records)}, f,
-                  indent=1)
+    if parallel.is_main_process():  # every process sampled the same answers
+        with open(os.path.join(workdir, PASS_FILE), "w") as f:
+            json.dump({"pass_at_k": table, "pairs": counts, "num_prompts": len(records)}, f,
+                      indent=1)
     print("pass@k: " + "  ".join(f"{k}={v:.3f}" for k, v in table.items()), flush=True)
     logging.info("dpo pairs: %s", counts)
     if not pairs:
@@ -225,11 +226,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         dpo_loss_fn(model_config, section.beta, section.label_smoothing, prompt_len - 1,
                     section.nll_weight),
         mesh, rules)
+    # Several processes: each feeds its own rows of every (global) batch.
+    rows = parallel.process_batch_rows(mesh, 2 * batch_pairs)
     state = loop.train_loop(
-        train_step=step_fn, state=state, data=loop.IndexedBatches(batch_at), workdir=workdir,
-        total_steps=config.optimizer.total_steps, log_every=config.log_every,
+        train_step=step_fn, state=state,
+        data=loop.IndexedBatches(lambda index: {k: v[rows] for k, v in batch_at(index).items()}),
+        workdir=workdir, total_steps=config.optimizer.total_steps, log_every=config.log_every,
         checkpoint_every=config.checkpoint.every, checkpoint_keep=config.checkpoint.keep)
     if not bootstrap.finish_training(config, workdir, model_config, state):
         return {}
-    return evaluate.evaluate_run(config, workdir, model_config, state.params, tokenizer,
-                                 splits, order=order)
+    return bootstrap.evaluate_on_main_process(state.params, lambda params: (
+        evaluate.evaluate_run(config, workdir, model_config, params, tokenizer, splits,
+                              order=order)))

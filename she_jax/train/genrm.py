@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from she_jax import sampling
+from she_jax import parallel, sampling
 from she_jax.data import cot, loader, sources
 from she_jax.data.cot import ParsedCoT
 from she_jax.models import transformer
@@ -166,7 +166,13 @@ def make_examples(config: ml_collections.ConfigDict, workdir: str,
     g = config.genrm
     train_path = os.path.join(workdir, TRAIN_EXAMPLES_FILE)
     heldout_path = os.path.join(workdir, HELDOUT_EXAMPLES_FILE)
-    if os.path.exists(train_path) and os.path.exists(heldout_path):
+    saved = os.path.exists(train_path) and os.path.exists(heldout_path)
+    if jax.process_count() > 1:
+        # Every process looks before process 0 writes (below): all read the saved
+        # examples, or all build the same ones (same seeds, each sampling on its own).
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("she_jax: genrm examples looked for")
+    if saved:
         return genrm_lib.load_examples(train_path), genrm_lib.load_examples(heldout_path)
     train_records = _annotated(sources.require_split(splits, g.train_split,
                                                      "config.genrm.train_split"))
@@ -260,22 +266,30 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     params, mesh, rules = bootstrap.shard_model(config, model_config, params)
     state, step_fn = bootstrap.train_state_and_step(
         config, params, genrm_loss_fn(model_config, verdict_token_ids), mesh, rules)
+    # Several processes: each feeds its own rows of every (global) batch.
+    rows = parallel.process_batch_rows(mesh, config.batch.batch_size)
     state = loop.train_loop(
-        train_step=step_fn, state=state, data=loop.IndexedBatches(batches), workdir=workdir,
-        total_steps=config.optimizer.total_steps, log_every=config.log_every,
+        train_step=step_fn, state=state,
+        data=loop.IndexedBatches(lambda index: {k: v[rows] for k, v in batches(index).items()}),
+        workdir=workdir, total_steps=config.optimizer.total_steps, log_every=config.log_every,
         checkpoint_every=config.checkpoint.every, checkpoint_keep=config.checkpoint.keep)
     if not bootstrap.finish_training(config, workdir, model_config, state):
         return {}
 
-    reward_model = genrm_lib.StepRewardModel(model_config, state.params, tokenizer,
-                                             max_len=g.max_len)
-    eval_dict = genrm_lib.evaluate_genrm(reward_model, heldout, batch_size=g.eval_batch_size)
-    eval_dict["meta"] = {"train_examples": _kind_counts(train_examples),
-                         "heldout_examples": _kind_counts(heldout)}
-    if jax.process_index() == 0:
+    def evaluate(params: Any) -> dict:
+        reward_model = genrm_lib.StepRewardModel(model_config, params, tokenizer,
+                                                 max_len=g.max_len)
+        eval_dict = genrm_lib.evaluate_genrm(reward_model, heldout,
+                                             batch_size=g.eval_batch_size)
+        eval_dict["meta"] = {"train_examples": _kind_counts(train_examples),
+                             "heldout_examples": _kind_counts(heldout)}
         for name in (EVAL_FILE, "eval.json"):
             with open(os.path.join(workdir, name), "w") as f:
                 json.dump(eval_dict, f, indent=2, allow_nan=False)
                 f.write("\n")
-    logging.info("genrm held-out step verdicts:\n%s", genrm_lib.format_genrm_eval(eval_dict))
-    return eval_dict
+        logging.info("genrm held-out step verdicts:\n%s",
+                     genrm_lib.format_genrm_eval(eval_dict))
+        return eval_dict
+
+    # Process 0 scores the held-out examples on a host copy of the params; others get {}.
+    return bootstrap.evaluate_on_main_process(state.params, evaluate)

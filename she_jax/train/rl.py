@@ -14,6 +14,15 @@ Rollouts are produced by `RLFeed`, the data iterator of `loop.train_loop`: the l
 it each new state (`observe_state`) so sampling uses the current params, and logs what it
 reports (`pop_metrics`). Its position — prompt sampler, rollout count, and the updates of
 the current rollout batch not yet taken — is checkpointed, so a resume is exact.
+
+Several JAX processes: every process runs the whole rollout batch — the sampler and the
+reference forward on the global mesh (the params stay sharded), then the same host code on
+the same gathered outputs, so rewards, advantages, dynamic-sampling choices (one RNG
+stream per rollout batch, the same on every process) and logged metrics are identical
+everywhere. The update batches are kept whole (their checkpointed position does not
+depend on the process count); each process hands the train step only its own rows
+(`parallel.process_batch_rows`). Process 0 alone writes samples.jsonl, the metrics,
+the evaluation and the exported model.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from she_jax import sampling, special_tokens as st
+from she_jax import parallel, sampling, special_tokens as st
 from she_jax.data import loader, sources
 from she_jax.eval import evaluate
 from she_jax.models import transformer
@@ -274,7 +283,9 @@ class RLFeed:
                  records: Sequence[Mapping], tokenizer: Any,
                  model_config: transformer.ModelConfig, scorer: Scorer, order: str,
                  ref_params: Any = None, replay: ReplayFn | None = None,
-                 anchor_records: Sequence[Mapping] | None = None):
+                 anchor_records: Sequence[Mapping] | None = None, mesh: Any = None):
+        """mesh: the train step's mesh; with several processes each update batch is cut
+        to this process's rows of it (None: the whole batch, one process)."""
         rl = config.rl
         self.rl, self.workdir, self.records = rl, workdir, list(records)
         self.tokenizer, self.model_config = tokenizer, model_config
@@ -306,7 +317,11 @@ class RLFeed:
                 anchor_records, tokenizer, batch_size=int(rl.anchor.batch_size),
                 buckets=(int(rl.anchor.bucket),), order=order, seed=int(config.data_seed),
                 shuffle=True, num_epochs=None, overlong="skip")
-        self.pending: list[dict[str, np.ndarray]] = []
+        self.pending: list[dict[str, np.ndarray]] = []  # whole (global) update batches
+        self.mesh = mesh
+        if mesh is None and jax.process_count() > 1:
+            raise ValueError("RLFeed: with several processes pass the train step's mesh, so "
+                             "each process feeds only its rows of an update batch")
         self.metrics: dict[str, float] = {}
         self._last_batch_time: float | None = None
         if rl.num_minibatches < 1 or rl.num_iterations < 1:
@@ -364,7 +379,18 @@ class RLFeed:
         if not self.pending:
             self.pending = self._rollout_batch()
         self._last_batch_time = time.perf_counter()
-        return self.pending.pop(0)
+        return self._process_rows(self.pending.pop(0))
+
+    def _process_rows(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """This process's rows of a whole update batch (all of it with one process); the
+        anchor arrays have their own row count and are cut by it."""
+        if self.mesh is None or jax.process_count() == 1:
+            return batch
+        out = {}
+        for key, value in batch.items():
+            rows = parallel.process_batch_rows(self.mesh, value.shape[0])
+            out[key] = value[rows]
+        return out
 
     # --- one rollout batch ------------------------------------------------------------
     def _rollout_batch(self) -> list[dict[str, np.ndarray]]:
@@ -412,7 +438,7 @@ class RLFeed:
 
         start = time.perf_counter()
         if self.ref_params is not None:
-            batch["ref_logprobs"] = np.asarray(self.ref_logprobs(
+            batch["ref_logprobs"] = parallel.host_copy(self.ref_logprobs(
                 self.ref_params, batch["tokens"], batch["attention_mask"]))
         ref_s = time.perf_counter() - start
 
@@ -461,7 +487,8 @@ class RLFeed:
             "rollout/advantage_abs_mean": float(np.abs(adv).mean()) if adv.size else 0.0,
             **{k: float(v) for k, v in extra.items()},
         })
-        if self.rl.samples_every > 0 and index % self.rl.samples_every == 0:
+        if (self.rl.samples_every > 0 and index % self.rl.samples_every == 0
+                and parallel.is_main_process()):
             per_rollout = {"reward": scored.rewards, "correct": scored.correct,
                            **scored.per_rollout}
             if scored.step_rewards is not None:
@@ -554,7 +581,8 @@ def train_rl(config: ml_collections.ConfigDict, workdir: str, *,
                       if rl.anchor.weight > 0 else None)
     feed = RLFeed(config=config, workdir=workdir, records=records, tokenizer=tokenizer,
                   model_config=model_config, scorer=scorer, order=order,
-                  ref_params=ref_params, replay=replay, anchor_records=anchor_records)
+                  ref_params=ref_params, replay=replay, anchor_records=anchor_records,
+                  mesh=mesh)
     loss_fn = losses.make_policy_loss_fn(
         model_config, policy_loss_config(rl.loss, rl.max_new_tokens, feed.prompt_len,
                                          feed.shared_group))
@@ -567,14 +595,38 @@ def train_rl(config: ml_collections.ConfigDict, workdir: str, *,
     state = loop.train_loop(
         train_step=step_fn, state=state, data=feed, workdir=workdir, total_steps=total_steps,
         log_every=config.log_every, checkpoint_every=config.checkpoint.every,
-        checkpoint_keep=config.checkpoint.keep, eval_fn=selector,
+        checkpoint_keep=config.checkpoint.keep,
+        eval_fn=_on_main_process(selector) if selector is not None else None,
         eval_every=config.eval.get("select_every", 0))
     if not bootstrap.finish_training(config, workdir, model_config, state):
         return {}
-    result = evaluate.evaluate_run(config, workdir, model_config, state.params, tokenizer,
-                                   splits, order=order)
+    result = bootstrap.evaluate_on_main_process(state.params, lambda params: (
+        evaluate.evaluate_run(config, workdir, model_config, params, tokenizer, splits,
+                              order=order)))
     if selector is not None:
-        selector.finish(splits, total_steps, result)
+        _main_process_only(lambda: selector.finish(splits, total_steps, result),
+                           "she_jax: best checkpoint evaluated")
+    return result
+
+
+def _on_main_process(selector: selection.DevSelector) -> Callable[[Any], dict[str, float]]:
+    """The train loop's eval_fn: the dev selection on process 0 alone, on a host copy of
+    the params (`bootstrap.evaluate_on_main_process`); the others return {} (they write
+    no metrics)."""
+    def eval_fn(state: Any) -> dict[str, float]:
+        return bootstrap.evaluate_on_main_process(
+            state.params, lambda params: selector(state.replace(params=params)))
+    return eval_fn
+
+
+def _main_process_only(fn: Callable[[], Any], barrier: str) -> Any:
+    """fn() on process 0 (it reads and writes the run directory), the others waiting."""
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+
+    result = fn() if parallel.is_main_process() else None
+    multihost_utils.sync_global_devices(barrier)
     return result
 
 
