@@ -160,7 +160,7 @@ def ensure_full_eval(sft_dir: str) -> None:
     if full and set(evaluate.DEFAULT_SPLITS) <= done:
         return
     print(f"ladder: evaluating {sft_dir} on every split, all examples", flush=True)
-    from she_jax.eval.__main__ import reevaluate
+    from she_jax.eval.reeval import reevaluate
 
     reevaluate(sft_dir, splits=["all"], max_examples=0)
 

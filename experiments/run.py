@@ -10,10 +10,15 @@ pid). A rerun resumes from the checkpoint; a config that differs from the saved
 config.json in more than total steps, eval and logging options is refused, unless
 `--config.resume_mismatch=allow`. SIGTERM / SIGINT save and stop the whole chain, with
 exit code 128 + the signal's number; the same command resumes it.
+
+A run that starts from an SFT run (directly, or through a chain such as SRPO's stages) ends
+by printing the two side by side (`--vs_sft`, on by default): per split, macro-F1 and
+accuracy of both and the paired difference with its 95 % interval.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -29,12 +34,25 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory; default runs/<config name>[_<variant>].")
+_VS_SFT = flags.DEFINE_bool(
+    "vs_sft", True, "After a run that starts from an SFT run (directly or through a chain "
+    "of stages), print the two side by side: macro-F1 per split and the paired difference "
+    "with its 95 % interval (report in <workdir>/vs_sft/). The SFT run is first evaluated "
+    "on the splits and examples the final run was, where it was not.")
+
+VS_SFT_DIR = "vs_sft"
 
 
 def quiet_libraries() -> None:
     """Keeps the console for progress: orbax (absl logger) and jax log every save at INFO."""
     for name in ("absl", "jax", "orbax"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _is_main_process() -> bool:
+    import jax
+
+    return jax.process_index() == 0
 
 
 def use_compilation_cache() -> None:
@@ -50,6 +68,87 @@ def use_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def sft_root(workdir: str) -> str | None:
+    """The SFT run a run started from: its init_dir chain followed up to the first run
+    whose trainer is `sft` (None if the chain has none, or `workdir` is one itself)."""
+    seen = {os.path.realpath(workdir)}
+    current = workdir
+    while True:
+        with open(os.path.join(current, "config.json")) as f:
+            parent = json.load(f).get("init_dir") or ""
+        if not parent or os.path.realpath(parent) in seen:
+            return None
+        seen.add(os.path.realpath(parent))
+        path = os.path.join(parent, "config.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            if json.load(f).get("trainer") == "sft":
+                return parent
+        current = parent
+
+
+def print_vs_sft(workdir: str, n_resamples: int = 1000) -> dict | None:
+    """Prints the finished run beside the SFT run it started from (`--vs_sft`) and writes
+    the paired report to <workdir>/vs_sft/; returns the report (None when there is no SFT
+    start or no evaluation to compare)."""
+    from she_jax.eval import compare, evaluate
+    from she_jax.eval.reeval import reevaluate
+
+    final_eval = os.path.join(workdir, "eval.json")
+    root = sft_root(workdir) if os.path.isfile(final_eval) else None
+    if root is None or not os.path.isfile(os.path.join(root, "eval.json")):
+        return None
+    with open(final_eval) as f:
+        final = json.load(f)
+    with open(os.path.join(root, "eval.json")) as f:
+        start = json.load(f)
+    want = set(final.get("splits") or {})
+    if not want:
+        return None
+    final_max = ((final.get("config") or {}).get("eval") or {}).get("max_examples", 0)
+    start_max = ((start.get("config") or {}).get("eval") or {}).get("max_examples", 0)
+    covers = lambda have: have == 0 or (final_max and have >= final_max)  # noqa: E731
+    if not (want <= set(start.get("splits") or {}) and covers(start_max)):
+        splits = [s for s in evaluate.DEFAULT_SPLITS
+                  if s in want | set(start.get("splits") or {})]
+        splits += sorted(want - set(splits))
+        print(f"evaluating the SFT start {root} on {', '.join(splits)} "
+              f"({'all' if not final_max else final_max} examples each) to compare",
+              flush=True)
+        reevaluate(root, splits=splits, max_examples=final_max)
+    with open(os.path.join(workdir, "config.json")) as f:
+        name = json.load(f).get("name") or "final"
+    name = name if name != "sft" else "final"
+    report = compare.build_report([f"sft={root}", f"{name}={workdir}"],
+                                  out_dir=os.path.join(workdir, VS_SFT_DIR), baseline="sft",
+                                  n_resamples=n_resamples, metrics_keys=())
+    print(format_vs_sft(report, name, root, workdir), flush=True)
+    return report
+
+
+def format_vs_sft(report: dict, name: str, root: str, workdir: str) -> str:
+    """The side-by-side table of `print_vs_sft` (macro-F1 and accuracy in %)."""
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    rows = [f"SFT start ({root}) and {name} ({workdir}), macro-F1 and accuracy in %; "
+            "difference paired on the same examples, 95 % bootstrap interval:",
+            f"{'split':<17} {'n':>5} {'SFT F1':>7} {'F1':>6} {'diff [95% CI]':>22} "
+            f"{'SFT acc':>8} {'acc':>6}"]
+    for split, cells in report["splits"].items():
+        if "sft" not in cells or name not in cells:
+            continue
+        a, b = cells["sft"]["metrics"], cells[name]["metrics"]
+        paired = (report["paired"].get(split) or {}).get(name) or {}
+        d = (paired.get("metrics") or {}).get("macro_f1") or {}
+        diff = ("-" if d.get("diff") is None else
+                f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]")
+        rows.append(f"{split:<17} {paired.get('n_examples', cells[name]['n_examples']):>5} "
+                    f"{pct(a['macro_f1']['mean']):>7} {pct(b['macro_f1']['mean']):>6} "
+                    f"{diff:>22} {pct(a['accuracy']['mean']):>8} "
+                    f"{pct(b['accuracy']['mean']):>6}")
+    return "\n".join(rows)
+
+
 def main(argv: list[str]) -> None:
     quiet_libraries()
     use_compilation_cache()
@@ -61,6 +160,8 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value or registry.default_workdir(config)
     try:
         registry.run_with_prerequisites(config, workdir)
+        if _VS_SFT.value and _is_main_process():
+            print_vs_sft(workdir)
     except registry.RunStopped as stop:
         logging.error("%s", stop)
         sys.exit(stop.exit_code)

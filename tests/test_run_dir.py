@@ -21,7 +21,7 @@ import tiny_runs
 from experiments import registry
 from she_jax import run_dir, sampling, score, special_tokens as st, tokenizer as tokenizer_lib
 from she_jax.data import cot, sources
-from she_jax.eval import __main__ as eval_main
+from she_jax.eval.reeval import reevaluate
 from she_jax.models import hf, transformer
 from she_jax.train import bootstrap
 
@@ -100,7 +100,7 @@ def test_swapped_tokenizer_of_the_same_size_is_refused_before_decoding(run, othe
     eval_json = os.path.join(swapped, run_dir.EVAL_FILE)
     before = open(eval_json).read()
     with pytest.raises(run_dir.TokenizerMismatchError) as error:
-        eval_main.reevaluate(swapped)
+        reevaluate(swapped)
     assert_names_both(error)
     assert open(eval_json).read() == before
     # `python -m she_jax.score`: refused before reading the input; no output written.

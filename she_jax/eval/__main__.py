@@ -17,6 +17,7 @@ import numpy as np
 from she_jax import run_dir, workdir_lock
 from she_jax.data import sources
 from she_jax.eval import deploy, evaluate, metrics
+from she_jax.eval.reeval import reevaluate
 from she_jax.data import checks as data_check
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run directory.", required=True)
@@ -27,32 +28,6 @@ _SPLITS = flags.DEFINE_list("splits", None, "Splits to evaluate (default: the ru
                             "eval.splits; 'all' = dev and every test split).")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Examples per split (0 = all; "
                                      "default: the run's eval.max_examples).")
-
-
-def reevaluate(workdir: str, beta: float | None = None, splits: list[str] | None = None,
-               max_examples: int | None = None) -> dict:
-    """Evaluates a finished run again (e.g. fully, when it was built as a prerequisite and
-    evaluated on part of dev only); the CoT order is the one its eval.json recorded."""
-    config = run_dir.load_config(workdir)
-    if beta is not None:
-        config.eval.beta = beta
-    if splits:
-        config.eval.splits = (tuple(evaluate.DEFAULT_SPLITS) if splits == ["all"]
-                              else tuple(splits))
-    if max_examples is not None:
-        config.eval.max_examples = max_examples
-    order = None
-    if os.path.exists(os.path.join(workdir, run_dir.EVAL_FILE)):
-        order = run_dir.run_order(workdir)
-    # The model first: a tokenizer/ that is not the model's is refused before anything runs.
-    model_config, params = run_dir.load_model(workdir)
-    tokenizer = run_dir.load_tokenizer(workdir)
-    tokenizer.check_model_vocab(model_config.vocab_size)
-    data = sources.load_splits(config.data)
-    data = data_check.check_lengths(config, data, tokenizer, model_config.max_seq_len,
-                                    training=False)
-    return evaluate.evaluate_run(config, workdir, model_config, params, tokenizer, data,
-                                 order=order)
 
 
 def compare_runs(workdir_a: str, workdir_b: str, beta: float) -> dict[str, dict]:

@@ -1,0 +1,56 @@
+"""experiments.run's closing comparison: a run beside the SFT run its chain started from."""
+
+import json
+import os
+
+import pytest
+
+import tiny_runs
+from experiments import registry, run
+
+
+def test_run_printed_beside_its_sft_start_on_the_same_examples(tmp_path, capsys):
+    """A chain sft -> (stage) -> final: the SFT root is found through the middle run, is
+    evaluated on the final run's splits in full first (it was built with dev x 4), and the
+    table holds both runs' macro-F1 and their paired difference per split."""
+    sft_dir = str(tmp_path / "sft")
+    tiny_runs.build_sft_run(sft_dir, order="think_first")
+    # A middle stage that is not SFT: only its config.json is read on the way up.
+    mid = tmp_path / "stage"
+    mid.mkdir()
+    (mid / "config.json").write_text(json.dumps({"name": "stage", "trainer": "srpo",
+                                                 "init_dir": sft_dir}))
+    final = tiny_runs.tiny_sft_config(order="think_first")
+    final.init_dir = sft_dir  # the model comes from the SFT run ...
+    final.optimizer.total_steps = 2
+    final.eval.splits = ("dev", "test_head")
+    final.eval.max_examples = 0
+    final_dir = str(tmp_path / "final")
+    registry.run_config(final, final_dir)
+    config = json.load(open(os.path.join(final_dir, "config.json")))
+    config["init_dir"] = str(mid)  # ... and its record names the middle stage as its start
+    json.dump(config, open(os.path.join(final_dir, "config.json"), "w"))
+    assert run.sft_root(final_dir) == sft_dir
+    assert run.sft_root(sft_dir) is None
+
+    capsys.readouterr()  # the runs' own eval tables
+    report = run.print_vs_sft(final_dir, n_resamples=200)
+    out = capsys.readouterr().out
+    assert "evaluating the SFT start" in out
+    out = out[out.index("SFT start ("):]  # the table (after the start's own eval table)
+    start_eval = json.load(open(os.path.join(sft_dir, "eval.json")))
+    assert {s: e["n"] for s, e in start_eval["splits"].items()} == {"dev": 32, "test_head": 24}
+    assert report["baseline"] == "sft"
+    for split, n in (("dev", 32), ("test_head", 24)):
+        paired = report["paired"][split]["final"]
+        assert paired["n_examples"] == n
+        a = report["splits"][split]["sft"]["metrics"]["macro_f1"]["mean"]
+        b = report["splits"][split]["final"]["metrics"]["macro_f1"]["mean"]
+        assert paired["metrics"]["macro_f1"]["diff"] == pytest.approx(b - a)
+        row = [line for line in out.splitlines() if line.startswith(split + " ")]
+        assert len(row) == 1 and f"{100 * a:.1f}" in row[0] and f"{100 * b:.1f}" in row[0]
+    assert os.path.isfile(os.path.join(final_dir, run.VS_SFT_DIR, "report.md"))
+    # A second call finds the start evaluated: nothing re-run.
+    before = os.path.getmtime(os.path.join(sft_dir, "eval.json"))
+    run.print_vs_sft(final_dir, n_resamples=50)
+    assert os.path.getmtime(os.path.join(sft_dir, "eval.json")) == before
