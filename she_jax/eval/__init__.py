@@ -7,7 +7,9 @@
 - `she_jax.eval.report`: one split's eval.json entry from arrays, the eval.json file format,
   text / markdown tables and PNG plots.
 - `she_jax.eval.compare`: the cross-run report (`python -m she_jax.eval.compare DIR ...`):
-  settings across seeds with bootstrap intervals, paired differences, learning curves.
+  settings across seeds with bootstrap intervals, paired differences, learning curves;
+  `she_jax.eval.runs_index` reads its runs and groups them into settings,
+  `she_jax.eval.report_render` renders it (markdown, HTML, plots).
 - `she_jax.eval.resampling`: its bootstrap (seeds x examples, stratified by gold label).
 
 All of it is numpy (plus matplotlib for the plots, imported only when plotting), so this
