@@ -227,3 +227,26 @@ def test_eval_and_score_do_not_import_the_trainers():
     assert _trainer_modules_imported_by("she_jax.run_dir", "she_jax.score") == []
     assert "she_jax.train.bootstrap" not in _trainer_modules_imported_by(
         "she_jax.eval.__main__")
+
+
+def test_reevaluate_in_bfloat16_records_the_dtype_and_agrees_with_float32(run, tmp_path):
+    """`python -m she_jax.eval --dtype=bfloat16`: the run evaluated with bf16 compute (its
+    eval.json says so), on the same examples; answer-first label probabilities agree with
+    the float32 evaluation's to bf16 precision."""
+    workdir, _ = run
+    copy = str(tmp_path / "copy")
+    shutil.copytree(workdir, copy)
+    f32 = reevaluate(copy, dtype="float32")
+    read = lambda: {r["id"]: r["probs"] for r in map(  # noqa: E731
+        json.loads, open(os.path.join(copy, "predictions.jsonl")))}
+    probs32 = read()
+    bf16 = reevaluate(copy, dtype="bfloat16")
+    probs16 = read()
+    assert probs16.keys() == probs32.keys()
+    diff = max(abs(a - b) for i in probs32 for a, b in zip(probs32[i], probs16[i]))
+    assert 0 < diff < 0.02, diff  # bf16 compute changed the numbers, not the answers
+    assert json.load(open(os.path.join(copy, run_dir.EVAL_FILE)))["config"]["model"][
+        "dtype"] == "bfloat16"
+    assert set(f32["splits"]) == set(bf16["splits"])
+    for split in f32["splits"]:
+        assert f32["splits"][split]["n"] == bf16["splits"][split]["n"]

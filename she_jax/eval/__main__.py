@@ -26,6 +26,8 @@ _REEVAL = flags.DEFINE_bool("reeval", True, "Re-run the evaluation of --workdir 
 _BETA = flags.DEFINE_float("beta", None, "CumPT threshold (default: the run's eval.beta).")
 _SPLITS = flags.DEFINE_list("splits", None, "Splits to evaluate (default: the run's "
                             "eval.splits; 'all' = dev and every test split).")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype of the "
+                           "re-evaluation (default: the run's config.model.dtype).")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Examples per split (0 = all; "
                                      "default: the run's eval.max_examples).")
 
@@ -56,7 +58,8 @@ def main(argv: list[str]) -> None:
     if _REEVAL.value:
         # A training run in that directory may be writing eval.json too.
         with workdir_lock.locked(workdir, create=False):
-            eval_dict = reevaluate(workdir, _BETA.value, _SPLITS.value, _MAX_EXAMPLES.value)
+            eval_dict = reevaluate(workdir, _BETA.value, _SPLITS.value, _MAX_EXAMPLES.value,
+                                   _DTYPE.value)
     if _COMPARE.value:
         beta = _BETA.value
         if beta is None:

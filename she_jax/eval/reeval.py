@@ -15,10 +15,13 @@ from she_jax.eval import evaluate
 
 
 def reevaluate(workdir: str, beta: float | None = None, splits: list[str] | None = None,
-               max_examples: int | None = None) -> dict:
+               max_examples: int | None = None, dtype: str | None = None) -> dict:
     """Evaluates a finished run again (e.g. fully, when it was built as a prerequisite and
-    evaluated on part of dev only); the CoT order is the one its eval.json recorded."""
+    evaluated on part of dev only); the CoT order is the one its eval.json recorded.
+    `dtype`: the compute dtype of the evaluation (default: the run's config.model.dtype)."""
     config = run_dir.load_config(workdir)
+    if dtype is not None:
+        config.model.dtype = dtype
     if beta is not None:
         config.eval.beta = beta
     if splits:
@@ -30,7 +33,7 @@ def reevaluate(workdir: str, beta: float | None = None, splits: list[str] | None
     if os.path.exists(os.path.join(workdir, run_dir.EVAL_FILE)):
         order = run_dir.run_order(workdir)
     # The model first: a tokenizer/ that is not the model's is refused before anything runs.
-    model_config, params = run_dir.load_model(workdir)
+    model_config, params = run_dir.load_model(workdir, config.model.dtype)
     tokenizer = run_dir.load_tokenizer(workdir)
     tokenizer.check_model_vocab(model_config.vocab_size)
     data = sources.load_splits(config.data)
