@@ -152,17 +152,12 @@ def ensure_full_eval(sft_dir: str) -> None:
     """Evaluates the given SFT start on dev and every test split, all examples, unless its
     eval.json already holds that (its baseline row in the report needs them)."""
     from she_jax.eval import evaluate
+    from she_jax.eval.reeval import reevaluate, splits_to_evaluate
 
-    with open(os.path.join(sft_dir, "eval.json")) as f:
-        eval_dict = json.load(f)
-    done = set(eval_dict.get("splits") or {})
-    full = ((eval_dict.get("config") or {}).get("eval") or {}).get("max_examples") == 0
-    if full and set(evaluate.DEFAULT_SPLITS) <= done:
-        return
-    print(f"ladder: evaluating {sft_dir} on every split, all examples", flush=True)
-    from she_jax.eval.reeval import reevaluate
-
-    reevaluate(sft_dir, splits=["all"], max_examples=0)
+    todo = splits_to_evaluate(sft_dir, evaluate.DEFAULT_SPLITS, 0)
+    if todo is not None:
+        print(f"ladder: evaluating {sft_dir} on every split, all examples", flush=True)
+        reevaluate(sft_dir, splits=todo, max_examples=0)
 
 
 def run(sweeps: Sequence[sweep_lib.Sweep], out: str, parallel: int = 1,

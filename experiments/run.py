@@ -27,6 +27,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import registry
+from she_jax import parallel
 from she_jax.train import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -47,12 +48,6 @@ def quiet_libraries() -> None:
     """Keeps the console for progress: orbax (absl logger) and jax log every save at INFO."""
     for name in ("absl", "jax", "orbax"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _is_main_process() -> bool:
-    import jax
-
-    return jax.process_index() == 0
 
 
 def use_compilation_cache() -> None:
@@ -92,8 +87,8 @@ def print_vs_sft(workdir: str, n_resamples: int = 1000) -> dict | None:
     """Prints the finished run beside the SFT run it started from (`--vs_sft`) and writes
     the paired report to <workdir>/vs_sft/; returns the report (None when there is no SFT
     start or no evaluation to compare)."""
-    from she_jax.eval import compare, evaluate
-    from she_jax.eval.reeval import reevaluate
+    from she_jax.eval import compare
+    from she_jax.eval.reeval import reevaluate, splits_to_evaluate
 
     final_eval = os.path.join(workdir, "eval.json")
     root = sft_root(workdir) if os.path.isfile(final_eval) else None
@@ -101,22 +96,16 @@ def print_vs_sft(workdir: str, n_resamples: int = 1000) -> dict | None:
         return None
     with open(final_eval) as f:
         final = json.load(f)
-    with open(os.path.join(root, "eval.json")) as f:
-        start = json.load(f)
-    want = set(final.get("splits") or {})
+    want = list(final.get("splits") or {})
     if not want:
         return None
     final_max = ((final.get("config") or {}).get("eval") or {}).get("max_examples", 0)
-    start_max = ((start.get("config") or {}).get("eval") or {}).get("max_examples", 0)
-    covers = lambda have: have == 0 or (final_max and have >= final_max)  # noqa: E731
-    if not (want <= set(start.get("splits") or {}) and covers(start_max)):
-        splits = [s for s in evaluate.DEFAULT_SPLITS
-                  if s in want | set(start.get("splits") or {})]
-        splits += sorted(want - set(splits))
-        print(f"evaluating the SFT start {root} on {', '.join(splits)} "
+    todo = splits_to_evaluate(root, want, final_max)
+    if todo is not None:
+        print(f"evaluating the SFT start {root} on {', '.join(todo)} "
               f"({'all' if not final_max else final_max} examples each) to compare",
               flush=True)
-        reevaluate(root, splits=splits, max_examples=final_max)
+        reevaluate(root, splits=todo, max_examples=final_max)
     with open(os.path.join(workdir, "config.json")) as f:
         name = json.load(f).get("name") or "final"
     name = name if name != "sft" else "final"
@@ -160,7 +149,7 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value or registry.default_workdir(config)
     try:
         registry.run_with_prerequisites(config, workdir)
-        if _VS_SFT.value and _is_main_process():
+        if _VS_SFT.value and parallel.is_main_process():
             print_vs_sft(workdir)
     except registry.RunStopped as stop:
         logging.error("%s", stop)

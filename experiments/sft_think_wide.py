@@ -11,17 +11,14 @@ At tiny (world seed 0, seed 0, every split in full): test_head macro-F1 79.6, te
 Other variants: as `sft_think.py` (no base run).
 """
 
-from experiments import sft_think
+from experiments import sft_think_wide_base
 
 
 def get_config(arg=None):
-    c = sft_think.get_config(arg)
+    c = sft_think_wide_base.get_config(arg)  # at tiny: tiny_wide + the overlap task
     c.name = "sft_think_wide"
     if c.variant == "tiny":
         c.init_from = "sft_think_wide_base"
-        c.model.preset = "tiny_wide"
-        c.sft.overlap_weight = 1.0
         c.optimizer.lr = 5e-4
         c.optimizer.warmup_steps = 20
-        c.optimizer.total_steps = 800
     return c

@@ -18,7 +18,7 @@ odd shapes (a 4097-token vocab, 2 kv heads on a 4-way tensor axis) running at th
 memory on that array, rather than failing deep inside XLA.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 import logging
 import math
 import os
@@ -147,6 +147,16 @@ def process_batch_rows(mesh: Mesh, global_rows: int) -> slice:
         raise ValueError(f"process {jax.process_index()} holds rows {held} of the batch, not "
                          "one contiguous block; order the mesh's devices process by process")
     return slice(start, stop)
+
+
+def on_main_process(fn: Callable[[], Any], barrier: str) -> Any:
+    """fn() on process 0 (e.g. it writes the run directory) while the others wait at the
+    named barrier; returns fn's result there, None on the others. Call on every process."""
+    if jax.process_count() == 1:
+        return fn()
+    result = fn() if is_main_process() else None
+    multihost_utils.sync_global_devices(barrier)
+    return result
 
 
 def host_copy(tree: Any) -> Any:

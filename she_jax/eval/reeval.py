@@ -6,7 +6,9 @@ start evaluated in full) and experiments.run's closing comparison with the SFT s
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterable
 
 from she_jax import run_dir
 from she_jax.data import checks as data_check
@@ -41,3 +43,22 @@ def reevaluate(workdir: str, beta: float | None = None, splits: list[str] | None
                                     training=False)
     return evaluate.evaluate_run(config, workdir, model_config, params, tokenizer, data,
                                  order=order)
+
+
+def splits_to_evaluate(workdir: str, splits: Iterable[str], max_examples: int
+                       ) -> list[str] | None:
+    """What `reevaluate(workdir, splits=..., max_examples=max_examples)` must be given so
+    that the run's eval.json covers `splits` with at least `max_examples` examples each
+    (0 = all): None when it already does, else the splits it holds plus `splits` (so none
+    is dropped), in evaluate.DEFAULT_SPLITS order."""
+    with open(os.path.join(workdir, run_dir.EVAL_FILE)) as f:
+        eval_dict = json.load(f)
+    held = set(eval_dict.get("splits") or {})
+    want = set(splits)
+    have_max = ((eval_dict.get("config") or {}).get("eval") or {}).get("max_examples")
+    enough = have_max == 0 or (bool(max_examples) and have_max is not None
+                               and have_max >= max_examples)
+    if want <= held and enough:
+        return None
+    todo = [s for s in evaluate.DEFAULT_SPLITS if s in want | held]
+    return todo + sorted((want | held) - set(todo))

@@ -58,11 +58,10 @@ def get_tokenizer(config: ml_collections.ConfigDict, workdir: str,
     """
     if jax.process_count() == 1:
         return _load_or_build_tokenizer(config, workdir, splits)
-    from jax.experimental import multihost_utils
+    from she_jax import parallel
 
-    if jax.process_index() == 0:
-        _load_or_build_tokenizer(config, workdir, splits)
-    multihost_utils.sync_global_devices("she_jax: tokenizer saved")
+    parallel.on_main_process(lambda: _load_or_build_tokenizer(config, workdir, splits),
+                             "she_jax: tokenizer saved")
     return tokenizer_lib.load_tokenizer(os.path.join(workdir, TOKENIZER_DIR))
 
 
@@ -185,12 +184,9 @@ def evaluate_on_main_process(params: Any, evaluate: Callable[[Any], dict]) -> di
 
     if jax.process_count() == 1:
         return evaluate(params)
-    from jax.experimental import multihost_utils
-
     params = parallel.host_copy(params)
-    result = evaluate(params) if parallel.is_main_process() else {}
-    multihost_utils.sync_global_devices("she_jax: evaluation done")
-    return result
+    result = parallel.on_main_process(lambda: evaluate(params), "she_jax: evaluation done")
+    return {} if result is None else result
 
 
 def load_data(config: ml_collections.ConfigDict) -> dict[str, list[dict]]:

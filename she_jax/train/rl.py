@@ -604,8 +604,8 @@ def train_rl(config: ml_collections.ConfigDict, workdir: str, *,
         evaluate.evaluate_run(config, workdir, model_config, params, tokenizer, splits,
                               order=order)))
     if selector is not None:
-        _main_process_only(lambda: selector.finish(splits, total_steps, result),
-                           "she_jax: best checkpoint evaluated")
+        parallel.on_main_process(lambda: selector.finish(splits, total_steps, result),
+                                 "she_jax: best checkpoint evaluated")
     return result
 
 
@@ -617,17 +617,6 @@ def _on_main_process(selector: selection.DevSelector) -> Callable[[Any], dict[st
         return bootstrap.evaluate_on_main_process(
             state.params, lambda params: selector(state.replace(params=params)))
     return eval_fn
-
-
-def _main_process_only(fn: Callable[[], Any], barrier: str) -> Any:
-    """fn() on process 0 (it reads and writes the run directory), the others waiting."""
-    if jax.process_count() == 1:
-        return fn()
-    from jax.experimental import multihost_utils
-
-    result = fn() if parallel.is_main_process() else None
-    multihost_utils.sync_global_devices(barrier)
-    return result
 
 
 def select_prompts(config: ml_collections.ConfigDict, splits: Mapping[str, Sequence[Mapping]]
