@@ -223,6 +223,25 @@ def test_plain_runs_grouping_naming_warnings_and_fallback(tmp_path):
     assert "![macro-F1 per split](runs/x/plots/compare_macro_f1.png)" in markdown
 
 
+def test_worlds_differing_only_in_training_splits_are_paired(tmp_path):
+    """annotation_fraction / rl_size / sft_size shape only the training splits: runs that
+    differ there are still evaluated on the same examples and get paired differences;
+    a test_size difference is not the same examples."""
+    split = {"test_head": (Y_TRUE, Y_HAND, None)}
+    for seed in (0, 1):
+        write_run(tmp_path / f"sft{seed}", _config("sft", seed), split)
+        write_run(tmp_path / f"full{seed}", _config("srpo", seed, data={
+            "world": "tiny", "world_overrides": {"annotation_fraction": 1.0,
+                                                 "rl_size": 4000, "seed": 0}}), split)
+        write_run(tmp_path / f"big{seed}", _config("grpo", seed, data={
+            "world": "tiny", "world_overrides": {"test_size": 900}}), split)
+    result = compare.build_report([str(tmp_path)], baseline="sft", n_resamples=50)
+    paired = result["paired"]["test_head"]
+    assert "skipped" not in paired["srpo"]
+    assert paired["srpo"]["metrics"]["accuracy"]["diff"] == 0.0
+    assert paired["grpo"]["skipped"].startswith("different data settings")
+
+
 def test_learning_curves_band(lr_sweep):
     result = compare.build_report([lr_sweep], n_resamples=50)
     curve = result["curves"]["loss"]["optimizer.lr=0.001"]

@@ -12,6 +12,7 @@ from she_jax.data.shopworld import (HARD_TYPES, SPLITS, TEST_SPLITS, WorldConfig
                                     generate_split, label_from_checks, normalize_query,
                                     tokenizer_corpus)
 from she_jax.data.shopworld.annotate import checks_from_facts
+from she_jax.data.shopworld.config import TRAINING_ONLY_FIELDS
 from she_jax.data.shopworld.splits import BUCKETS, query_bucket, split_size
 
 CFG = WorldConfig(sft_size=1500, rl_size=1000, dev_size=200, test_size=200)
@@ -124,6 +125,21 @@ def test_sft_is_head_heavy_and_fully_annotated_rl_is_wider(splits):
     assert share("rl", "tail") > 2 * share("sft", "tail")
     assert all(r["annotations"] and r["cot"] for r in splits["sft"])
     assert {r["query_type"] for r in splits["rl"]} == QUERY_TYPES - {"unknown"}
+
+
+def test_training_only_fields_leave_dev_and_test_records_unchanged():
+    """The report pairs runs whose worlds differ only in TRAINING_ONLY_FIELDS: their dev and
+    test records must be the same, while the training split does change."""
+    base = dict(sft_size=300, rl_size=300, dev_size=80, test_size=40)
+    changed = {"sft_size": 150, "rl_size": 200, "annotation_fraction": 1.0}
+    assert set(changed) == set(TRAINING_ONLY_FIELDS)
+    world_a = build_world(WorldConfig(**base))
+    world_b = build_world(WorldConfig(**{**base, **changed}))
+    for name in ("dev",) + TEST_SPLITS:
+        assert json.dumps(generate_split(world_a, name)) == json.dumps(
+            generate_split(world_b, name)), name
+    assert json.dumps(generate_split(world_a, "rl")) != json.dumps(
+        generate_split(world_b, "rl"))
 
 
 @pytest.mark.parametrize("fraction", [0.3, 0.5])

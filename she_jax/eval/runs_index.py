@@ -290,12 +290,15 @@ def group_settings(runs: Sequence[Run]) -> list[Setting]:
 def _data_identity(setting: Setting) -> str:
     """What decides a setting's examples: its runs' resolved data section (config.json),
     whether the setting came from a sweep's overrides or a plain run's config. Unset keys
-    (None) count as absent, so configs from before a key was declared still pair."""
+    (None) count as absent, so configs from before a key was declared still pair; ShopWorld
+    fields that shape only the training splits (`TRAINING_ONLY_FIELDS`) are left out."""
     data = dict(setting.runs[0].config.get("data") or {})
     world = _resolved_world(data)
     if world is not None:  # a ShopWorld preset plus overrides: compare the resolved world
+        from she_jax.data.shopworld.config import TRAINING_ONLY_FIELDS
+
         data.pop("world_overrides", None)
-        data["world"] = world
+        data["world"] = {k: v for k, v in world.items() if k not in TRAINING_ONLY_FIELDS}
     flat = _flatten({"data": data})
     return _canonical({k: v for k, v in flat.items()
                        if k not in SAME_EXAMPLES_DATA_KEYS and v is not None and v != {}})

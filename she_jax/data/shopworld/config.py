@@ -8,6 +8,12 @@ import math
 from she_jax import special_tokens as st
 
 
+# Fields that shape only the training splits (`sft`, `rl`): the dev and test records do not
+# depend on them (each split draws from its own random stream), so two configs that differ
+# only here are evaluated on the same examples.
+TRAINING_ONLY_FIELDS = ("sft_size", "rl_size", "annotation_fraction")
+
+
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
     """Knobs of the world and of its splits. The same config gives byte-identical records.
