@@ -316,6 +316,27 @@ def test_example_batches_are_a_function_of_the_index(world):
     assert sum(int((x["verdicts"] * x["slot_weight"]).sum()) for x in epoch) == 8
 
 
+def test_balanced_verdicts_give_each_class_half_the_weight(world):
+    splits, tokenizer = world
+    examples = genrm.build_genrm_examples(
+        splits["sft"], np.random.default_rng(0),
+        _examples_config({k: 1.0 for k in genrm.ERROR_KINDS}, num_gold=4, num_corrupted=8))
+    plain = genrm_trainer.ExampleBatches(examples, tokenizer, batch_size=4,
+                                         buckets=(160,), seed=0)
+    balanced = genrm_trainer.ExampleBatches(examples, tokenizer, batch_size=4,
+                                            buckets=(160,), seed=0, balance_verdicts=True)
+    wrong = plain.verdicts == 1
+    labelled = plain.weight > 0
+    assert 0 < (wrong & labelled).sum() < (~wrong & labelled).sum()  # "yes" is the majority
+    assert balanced.weight[wrong].sum() == pytest.approx(balanced.weight[~wrong].sum())
+    assert balanced.weight.sum() == pytest.approx(labelled.sum())
+    assert np.array_equal(balanced.weight > 0, labelled)  # the same slots are labelled
+    assert balanced.weight[wrong & labelled].min() > 1 > balanced.weight[~wrong & labelled].max()
+    one_class = np.ones((3, 5), np.float32)
+    assert np.array_equal(genrm_trainer.balanced_slot_weights(one_class, np.zeros((3, 5))),
+                          one_class)
+
+
 def _tiny_sft_run(world, run_dir):
     """A stand-in for the finished SFT run: a random tiny model, the tokenizer, its order."""
     _, tokenizer = world

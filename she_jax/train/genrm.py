@@ -62,6 +62,10 @@ def genrm_section() -> ml_collections.ConfigDict:
     c.buckets = (96, 128, 160)  # padded training lengths; longer rows lose their late slots
     c.max_len = 256  # scoring (StepRewardModel): rows are cut here
     c.eval_batch_size = 256  # CoTs per scoring call in the held-out evaluation
+    # Weight the loss so that 'incorrect' and 'correct' verdict slots carry equal total
+    # weight over the training examples (most labelled steps are right, which teaches a
+    # "yes" bias); the logged verdict_accuracy is then the class-balanced accuracy.
+    c.balance_verdicts = False
     return c
 
 
@@ -201,6 +205,20 @@ def _kind_counts(examples: Sequence[genrm_lib.StepExample]) -> dict[str, int]:
 # -------------------------------------------------------------------------------- batches
 
 
+def balanced_slot_weights(weight: np.ndarray, verdicts: np.ndarray) -> np.ndarray:
+    """Slot weights [E, 5] rescaled so that each verdict class (0 correct, 1 incorrect) holds
+    half of the total weight, which stays the number of labelled slots. A class with no
+    labelled slot leaves the weights as they are."""
+    labelled = weight > 0
+    counts = [int(np.sum(labelled & (verdicts == v))) for v in (0, 1)]
+    if min(counts) == 0:
+        return weight
+    total = sum(counts)
+    scale = np.where(verdicts == 1, total / (2 * counts[1]), total / (2 * counts[0]))
+    return (weight * scale).astype(np.float32)
+
+
+
 class ExampleBatches:
     """Fixed-shape training batches of encoded examples; batch i is a pure function of i.
 
@@ -210,7 +228,8 @@ class ExampleBatches:
     """
 
     def __init__(self, examples: Sequence[genrm_lib.StepExample], tokenizer: Any, *,
-                 batch_size: int, buckets: Sequence[int], seed: int):
+                 batch_size: int, buckets: Sequence[int], seed: int,
+                 balance_verdicts: bool = False):
         tokens, mask, slots, present = genrm_lib.encode_for_scoring(
             [e.steps for e in examples],
             [{"query": e.query, "item_title": e.item_title} for e in examples],
@@ -228,6 +247,8 @@ class ExampleBatches:
         self.slots = slots[keep]
         self.verdicts = np.where(correct, 0, 1).astype(np.int32)[keep]
         self.weight = weight[keep].astype(np.float32)
+        if balance_verdicts:
+            self.weight = balanced_slot_weights(self.weight, self.verdicts)
         self.lengths = self.mask.sum(axis=1)
         self.buckets, self.batch_size, self.seed = tuple(sorted(buckets)), batch_size, seed
         self.batches_per_epoch = len(self.tokens) // batch_size
@@ -261,7 +282,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("genrm: %d train examples %s, %d held-out %s", len(train_examples),
                  _kind_counts(train_examples), len(heldout), _kind_counts(heldout))
     batches = ExampleBatches(train_examples, tokenizer, batch_size=config.batch.batch_size,
-                             buckets=g.buckets, seed=config.data_seed)
+                             buckets=g.buckets, seed=config.data_seed,
+                             balance_verdicts=g.balance_verdicts)
 
     params, mesh, rules = bootstrap.shard_model(config, model_config, params)
     state, step_fn = bootstrap.train_state_and_step(
