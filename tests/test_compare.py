@@ -117,10 +117,15 @@ def test_hand_computed_means_and_grouping(lr_sweep):
     # label wrong) among examples 0-2: seed 0 example 2 (L4 -> L3), seed 1 none, seed 2 none.
     assert m["step_accuracy"]["mean"] == pytest.approx(3 / 4)
     assert m["hallucination_rate"]["per_seed"] == pytest.approx([1 / 3, 0, 0])
+    # Per step: only the query step is annotated (3 of 4 right); the others are undefined.
+    assert m["step_acc_query"]["per_seed"] == pytest.approx([3 / 4] * 3)
+    for name in STEP_NAMES[1:]:
+        assert m[f"step_acc_{name}"]["mean"] is None and m[f"step_acc_{name}"]["lo"] is None
     for name in METRICS:
         cell = m[name]
         assert cell["source"] == "bootstrap"
-        assert cell["lo"] <= cell["mean"] + 1e-12 and cell["mean"] <= cell["hi"] + 1e-12
+        if cell["mean"] is not None:
+            assert cell["lo"] <= cell["mean"] + 1e-12 and cell["mean"] <= cell["hi"] + 1e-12
         # The bootstrap point equals eval.json's aggregate for every seed.
         assert cell["per_seed"] == pytest.approx(
             compare._aggregate_cells(
@@ -150,9 +155,11 @@ def test_identical_settings_paired_difference_is_exactly_zero(lr_sweep):
     entry = result["paired"]["test_head"]["optimizer.lr=0.0001"]
     assert entry["seeds"] == "matched: 0, 1, 2"
     assert entry["n_examples"] == 8
+    undefined = {f"step_acc_{name}" for name in STEP_NAMES[1:]}  # no example annotated
     for name in METRICS:
+        expected = (None, None, None) if name in undefined else (0.0, 0.0, 0.0)
         assert (entry["metrics"][name]["diff"], entry["metrics"][name]["lo"],
-                entry["metrics"][name]["hi"]) == (0.0, 0.0, 0.0), name
+                entry["metrics"][name]["hi"]) == expected, name
 
 
 def test_known_difference_recovered(tmp_path):
@@ -333,3 +340,25 @@ def test_named_dir_and_one_shared_start_against_several_seeds(tmp_path):
     assert json.load(open(out / "report.json"))["baseline"] == "sft"
     with pytest.raises(FileNotFoundError, match="nowhere"):
         compare.build_report([f"sft={tmp_path / 'nowhere'}"], str(out))
+
+
+def test_report_shows_each_steps_accuracy(lr_sweep):
+    result = compare.build_report([lr_sweep], n_resamples=100)
+    markdown = compare.render_markdown(result)
+    section = markdown.split("## Step accuracy by step", 1)[1].split("\n## ", 1)[0]
+    header = "| split | setting | " + " | ".join(STEP_NAMES) + " | all |"
+    assert header in section
+    # query 3/4 at every seed (an interval, hence the bracket); the other steps undefined.
+    row = next(line for line in section.splitlines()
+               if line.startswith("| test_head | optimizer.lr=0.001 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2].startswith("75.0") and cells[3:7] == ["-"] * 4
+    assert "| test_head | optimizer.lr=0.0001 | +0.0 [+0.0, +0.0] | - |" in section
+
+
+
+def test_no_step_section_without_annotated_steps(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path / f"r{seed}", _config("sft", seed), {"dev": (Y_TRUE, Y_HAND, None)})
+    markdown = compare.render_markdown(compare.build_report([str(tmp_path)], n_resamples=10))
+    assert "## Split dev" in markdown and "Step accuracy by step" not in markdown

@@ -93,3 +93,37 @@ def test_hand_computed_seed_level_interval():
     a, b = data.take(data.ids, [0]), data.take(data.ids, [1])
     diff = resampling.paired_bootstrap(a, b, 500, np.random.default_rng(0))["accuracy"]
     assert (diff["diff"], diff["lo"], diff["hi"]) == (0.75, 0.75, 0.75)
+
+
+def test_per_step_accuracy_counts_only_annotated_steps():
+    """Two seeds, four examples; step k's accuracy is its right count over its annotated
+    count, per seed, and the paired difference of identical step columns is zero."""
+    label = np.array([0, 1, 2, 3])
+    pred = np.array([[0, 1, 2, 3], [0, 0, 2, 3]])
+    known = np.ones((2, 4, 5), bool)
+    known[:, 3, 1] = False  # example 3's item step is not annotated
+    right = np.zeros((2, 4, 5), bool)
+    right[0, :, 0] = [True, True, True, False]  # seed 0 query: 3 of 4
+    right[1, :, 0] = [True, False, False, False]  # seed 1 query: 1 of 4
+    right[:, :, 1] = [[True, True, False, True]] * 2  # item: 2 of the 3 annotated
+    data = resampling.SplitData(["a", "b", "c", "d"], label, pred,
+                                annotated=np.ones((2, 4), bool),
+                                all_right=right.all(axis=-1), hallucinated=np.zeros((2, 4), bool),
+                                step_known=known, step_right=right)
+    point = resampling.seed_metrics(np.ones((1, 4)), data)
+    np.testing.assert_allclose(point["step_acc_query"][0], [0.75, 0.25])
+    np.testing.assert_allclose(point["step_acc_item"][0], [2 / 3, 2 / 3])
+    np.testing.assert_allclose(point["step_acc_judgment"][0], [0.0, 0.0])
+    assert set(resampling.PER_STEP_METRICS) <= set(point)
+    # Without per-step arrays the per-step metrics are simply absent.
+    plain = resampling.SplitData(data.ids, label, pred, data.annotated, data.all_right,
+                                 data.hallucinated)
+    assert not set(resampling.PER_STEP_METRICS) & set(
+        resampling.seed_metrics(np.ones((1, 4)), plain))
+    rng = np.random.default_rng(0)
+    cell = resampling.setting_bootstrap(data, 200, rng)["step_acc_query"]
+    assert cell["per_seed"] == pytest.approx([0.75, 0.25]) and cell["mean"] == pytest.approx(0.5)
+    seed0 = data.take(data.ids, [0])
+    diff = resampling.paired_bootstrap(seed0, data.take(data.ids, [1]), 200, rng)
+    assert diff["step_acc_query"]["diff"] == pytest.approx(0.5)
+    assert diff["step_acc_item"] == {"diff": 0.0, "lo": 0.0, "hi": 0.0}

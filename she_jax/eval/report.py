@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from she_jax.eval import deploy, metrics
-from she_jax.special_tokens import LABELS
+from she_jax.special_tokens import LABELS, STEP_NAMES
 
 FORMAT_VERSION = 1
 # Table row order; splits not listed here follow in sorted order.
@@ -180,6 +180,13 @@ def _step_all(entry: Mapping) -> float | None:
     return None if steps is None else steps.get("all_steps")
 
 
+def _step_of(name: str) -> Callable[[Mapping], float | None]:
+    def get(entry: Mapping) -> float | None:
+        steps = entry.get("step_accuracy")
+        return None if steps is None else steps.get(name)
+    return get
+
+
 def _cumpt(key: str) -> Callable[[Mapping], float | None]:
     def get(entry: Mapping) -> float | None:
         cumpt = entry.get("cumpt")
@@ -203,6 +210,7 @@ METRICS: dict[str, tuple[str, Callable[[Mapping], Any], str]] = {
     "format_valid_rate": ("fmt-valid", lambda e: e["format_valid_rate"], "pct"),
     "step_accuracy": ("step-acc", _step_all, "pct"),
     "hallucination_rate": ("halluc.", lambda e: e["hallucination_rate"], "pct"),
+    **{f"step_acc_{name}": (name, _step_of(name), "pct") for name in STEP_NAMES},
     "ece": ("ECE", lambda e: e["ece"], "pct"),
     "brier": ("Brier", lambda e: e["brier"], "float"),
     "tier_accuracy": ("tier-acc", _cumpt("tier_accuracy"), "pct"),

@@ -20,7 +20,7 @@ import numpy as np
 
 from she_jax.eval import report as eval_report
 from she_jax.eval.runs_index import PRED_CLASSES
-from she_jax.special_tokens import LABELS
+from she_jax.special_tokens import LABELS, STEP_NAMES
 
 OUTPUT_FILES = ("report.json", "report.md", "report.html")
 PLOTS_DIR = "plots"
@@ -141,6 +141,40 @@ _PAIRED_COLUMNS = (("macro_f1", "Δ macro-F1"), ("accuracy", "Δ acc"), ("f1_L3"
                    ("step_accuracy", "Δ step-acc"), ("hallucination_rate", "Δ halluc."))
 
 
+_STEP_COLUMNS = tuple((f"step_acc_{name}", name) for name in STEP_NAMES)
+
+
+def _per_step_blocks(result: Mapping) -> list[tuple]:
+    """'Step accuracy by step': each CoT step's accuracy per split and setting, and the paired
+    differences against the baseline; nothing when no run has per-step results."""
+    keys = [key for key, _ in _STEP_COLUMNS]
+    rows = []
+    for split, entries in result["splits"].items():
+        for name, e in entries.items():
+            cells = [e["metrics"].get(key) for key in keys]
+            if any(c is not None and c.get("mean") is not None for c in cells):
+                rows.append([split, name] + [_cell_text(c) for c in cells]
+                            + [_cell_text(e["metrics"].get("step_accuracy"))])
+    if not rows:
+        return []
+    blocks: list[tuple] = [("h", 2, "Step accuracy by step"),
+                           ("p", "Each CoT step against its annotation, over the examples "
+                            "annotated for it; 'all' = every annotated step right (step-acc "
+                            "above).")]
+    blocks.append(("table", ["split", "setting"] + [t for _, t in _STEP_COLUMNS] + ["all"],
+                   rows))
+    paired = [[split, name] + [_diff_text(entry["metrics"].get(key)) for key in keys]
+              + [_diff_text(entry["metrics"].get("step_accuracy"))]
+              for split, by_setting in result["paired"].items()
+              for name, entry in by_setting.items()
+              if "skipped" not in entry and any(k in entry["metrics"] for k in keys)]
+    if paired:
+        blocks.append(("p", f"Paired differences vs `{result['baseline']}`, in points."))
+        blocks.append(("table", ["split", "setting"] + [f"Δ {t}" for _, t in _STEP_COLUMNS]
+                       + ["Δ all"], paired))
+    return blocks
+
+
 def report_blocks(result: Mapping) -> list[tuple]:
     """The report as blocks, rendered by `render_markdown` and `render_html`:
     ('h', level, text), ('p', text), ('list', [text]), ('table', header, rows),
@@ -195,6 +229,7 @@ def report_blocks(result: Mapping) -> list[tuple]:
                                for key, _ in _PAIRED_COLUMNS])
         blocks.append(("table", ["split", "setting", "n", "seeds"]
                        + [title for _, title in _PAIRED_COLUMNS], rows))
+    blocks += _per_step_blocks(result)
     curve_plots = result.get("plots", {}).get("curves", {})
     if curve_plots:
         blocks.append(("h", 2, "Learning curves"))

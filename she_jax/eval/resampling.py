@@ -21,12 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from she_jax.special_tokens import LABELS
+from she_jax.special_tokens import LABELS, STEP_NAMES
 
 CONFIDENCE = 0.95
 LABEL_METRICS = ("macro_f1", "accuracy") + tuple(f"f1_{label}" for label in LABELS)
 STEP_METRICS = ("step_accuracy", "hallucination_rate")
-METRICS = LABEL_METRICS + STEP_METRICS
+# Accuracy of each CoT step on its own, over the examples annotated for that step.
+PER_STEP_METRICS = tuple(f"step_acc_{name}" for name in STEP_NAMES)
+METRICS = LABEL_METRICS + STEP_METRICS + PER_STEP_METRICS
 _NUM_CLASSES = len(LABELS)
 _NUM_CELLS = _NUM_CLASSES * (_NUM_CLASSES + 1)  # confusion cells: gold x (predicted + invalid)
 
@@ -36,7 +38,8 @@ class SplitData:
     """One setting's per-example arrays on one split (S seeds, N examples in `ids` order).
 
     label [N] gold class ids; pred [S, N] predicted ids (-1 invalid); annotated, all_right,
-    hallucinated [S, N] bool, or None when some run lacks per-example steps.
+    hallucinated [S, N] bool, or None when some run lacks per-example steps; step_known,
+    step_right [S, N, 5] bool (step k annotated / right, in STEP_NAMES order), or None.
     """
     ids: list[Any]
     label: np.ndarray
@@ -44,6 +47,8 @@ class SplitData:
     annotated: np.ndarray | None = None
     all_right: np.ndarray | None = None
     hallucinated: np.ndarray | None = None
+    step_known: np.ndarray | None = None
+    step_right: np.ndarray | None = None
 
     def take(self, ids: Sequence[Any], seeds: Sequence[int]) -> SplitData:
         """The rows `seeds` and the columns `ids` (a subset of self.ids, in that order)."""
@@ -55,7 +60,8 @@ class SplitData:
             return None if a is None else a[rows][:, cols]
 
         return SplitData(list(ids), self.label[cols], sub(self.pred), sub(self.annotated),
-                         sub(self.all_right), sub(self.hallucinated))
+                         sub(self.all_right), sub(self.hallucinated), sub(self.step_known),
+                         sub(self.step_right))
 
 
 def draw_counts(n: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -120,6 +126,11 @@ def seed_metrics(weights: np.ndarray, data: SplitData) -> dict[str, np.ndarray]:
     if data.annotated is not None:
         steps_right = data.annotated & data.all_right
         indicators += [data.annotated.T, steps_right.T, (data.hallucinated & steps_right).T]
+    per_step = data.annotated is not None and data.step_known is not None
+    if per_step:  # [N, S * 5] each: step k of seed s annotated, and right
+        known = data.step_known
+        indicators += [known.transpose(1, 0, 2).reshape(n, -1),
+                       (known & data.step_right).transpose(1, 0, 2).reshape(n, -1)]
     # One matmul counts every cell of every seed in every resample; float32 is exact here
     # (integer sums far below 2^24) and halves the memory traffic.
     counts = (np.asarray(weights, dtype=np.float32)
@@ -128,13 +139,20 @@ def seed_metrics(weights: np.ndarray, data: SplitData) -> dict[str, np.ndarray]:
     out = label_metrics(counts[:, :cells].reshape(
         len(counts), num_seeds, _NUM_CLASSES, _NUM_CLASSES + 1))
     if data.annotated is not None:
-        annotated, right, hallucinated = np.split(counts[:, cells:], 3, axis=1)
+        step_cells = 3 * num_seeds
+        annotated, right, hallucinated = np.split(counts[:, cells:cells + step_cells], 3,
+                                                  axis=1)
 
         def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
             return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
 
         out["step_accuracy"] = ratio(right, annotated)
         out["hallucination_rate"] = ratio(hallucinated, right)
+        if per_step:
+            known, right = (a.reshape(len(counts), num_seeds, len(STEP_NAMES)) for a in
+                            np.split(counts[:, cells + step_cells:], 2, axis=1))
+            for k, name in enumerate(STEP_NAMES):
+                out[f"step_acc_{name}"] = ratio(right[..., k], known[..., k])
     return out
 
 

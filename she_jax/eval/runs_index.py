@@ -21,7 +21,7 @@ import numpy as np
 
 from she_jax.eval import report as eval_report
 from she_jax.eval.resampling import SplitData
-from she_jax.special_tokens import LABELS
+from she_jax.special_tokens import LABELS, STEP_NAMES
 
 SWEEP_FILE = "sweep.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -402,6 +402,12 @@ def split_data(runs: Sequence[Run], split: str,
         shape = pred.shape
         data.annotated, data.all_right, data.hallucinated = (np.zeros(shape, bool)
                                                              for _ in range(3))
+        per_step = all(rows[i]["steps_correct"] is None
+                       or len(rows[i]["steps_correct"]) == len(STEP_NAMES)
+                       for rows in rows_per_run for i in ids)
+        if per_step:
+            data.step_known, data.step_right = (np.zeros(shape + (len(STEP_NAMES),), bool)
+                                                for _ in range(2))
         for s, rows in enumerate(rows_per_run):
             for n, i in enumerate(ids):
                 steps = rows[i]["steps_correct"]
@@ -411,6 +417,9 @@ def split_data(runs: Sequence[Run], split: str,
                 # Unannotated steps (None) do not count, as in metrics.all_steps_right.
                 data.all_right[s, n] = all(v is not False for v in steps)
                 data.hallucinated[s, n] = bool(rows[i]["hallucination"])
+                if per_step:
+                    data.step_known[s, n] = [v is not None for v in steps]
+                    data.step_right[s, n] = [v is True for v in steps]
     else:
         notes.append("step accuracy and hallucination from eval.json (predictions.jsonl has "
                      "no per-example steps_correct/hallucination)")
