@@ -8,9 +8,9 @@ import types
 import numpy as np
 import pytest
 
-from she_jax.eval import compare, evaluate, report
+from she_jax.eval import compare, evaluate, report, rules
 from she_jax.eval.resampling import METRICS
-from she_jax.special_tokens import STEP_NAMES
+from she_jax.special_tokens import LABELS, STEP_NAMES
 
 # The hand case of test_eval_metrics: accuracy 5/8, macro-F1 17/24.
 Y_TRUE = [0, 0, 0, 1, 1, 2, 2, 3]
@@ -47,9 +47,14 @@ def write_run(workdir, config, splits, metrics_rows=(), predictions=True):
                                else (None, None))
         entries[split] = report.build_split_report(np.array(y_true), np.array(y_pred), None,
                                                    parsed, annotations)
+        # Unannotated records: the category rule (R1) applies exactly to gold L1.
+        flags = rules.rule_flags([{"label": LABELS[t], "query_type": "category",
+                                   "annotations": None} for t in y_true], y_pred)
+        rules.add_to_entry(entries[split], flags)
         for i, (t, p) in enumerate(zip(y_true, y_pred)):
             row = {"split": split, "id": f"{split}-{i}", "label": t, "pred": p,
-                   "probs": [0.25] * 4}
+                   "probs": [0.25] * 4, "rule_applies": bool(flags["applies"][i]),
+                   "rule_violation": bool(flags["violated"][i])}
             if steps is not None:
                 all_right = steps[i] is not None and all(v is not False for v in steps[i])
                 row["steps_correct"] = steps[i]
@@ -117,6 +122,8 @@ def test_hand_computed_means_and_grouping(lr_sweep):
     # label wrong) among examples 0-2: seed 0 example 2 (L4 -> L3), seed 1 none, seed 2 none.
     assert m["step_accuracy"]["mean"] == pytest.approx(3 / 4)
     assert m["hallucination_rate"]["per_seed"] == pytest.approx([1 / 3, 0, 0])
+    # Rule violations: the one gold-L1 example is judged relevant (L4) by seed 2 only.
+    assert m["rule_violation_rate"]["per_seed"] == pytest.approx([0, 0, 1])
     # Per step: only the query step is annotated (3 of 4 right); the others are undefined.
     assert m["step_acc_query"]["per_seed"] == pytest.approx([3 / 4] * 3)
     for name in STEP_NAMES[1:]:
@@ -309,6 +316,8 @@ def test_write_predictions_per_example_steps(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "predictions.jsonl")]
     assert [r["steps_correct"] for r in rows] == STEPS
     assert [r["hallucination"] for r in rows] == [False, False, True, False] + [None] * 4
+    # Rule fields from the records (all gold L4 here, plain queries: no rule applies).
+    assert [(r["rule_applies"], r["rule_violation"]) for r in rows] == [(False, False)] * 8
     assert all(len(r["steps_correct"]) == len(STEP_NAMES) for r in rows[:4])
     entry = report.build_split_report(np.array(Y_TRUE), np.array(Y_HAND), None, parsed,
                                       annotations)

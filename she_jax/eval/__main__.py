@@ -15,10 +15,8 @@ from absl import app, flags
 import numpy as np
 
 from she_jax import run_dir, workdir_lock
-from she_jax.data import sources
 from she_jax.eval import deploy, evaluate, metrics
 from she_jax.eval.reeval import reevaluate
-from she_jax.data import checks as data_check
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run directory.", required=True)
 _COMPARE = flags.DEFINE_string("compare", None, "Another run directory for side-by-side GSB.")

@@ -28,7 +28,7 @@ import numpy as np
 
 from she_jax import sampling, special_tokens as st
 from she_jax.data import cot, loader
-from she_jax.eval import metrics, report
+from she_jax.eval import metrics, report, rules
 from she_jax.models import transformer
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -170,7 +170,9 @@ def evaluate_records(model_config: transformer.ModelConfig, params: Any, tokeniz
             annotations=[r.get("annotations") for r in records],
             format_valid=np.array([p.format_valid for p in pred["parsed"]]),
             beta=eval_config.beta)
-        raw[name] = {"records": records, "y_true": y_true, **pred}
+        raw[name] = {"records": records, "y_true": y_true, **pred,
+                     "rules": rules.rule_flags(records, pred["y_pred"])}
+        rules.add_to_entry(entries[name], raw[name]["rules"])
         logging.info("eval %s: n=%d acc=%.3f macro-F1=%.3f (%.1f s)", name, len(records),
                      entries[name]["accuracy"], entries[name]["macro_f1"],
                      time.perf_counter() - start)
@@ -202,13 +204,16 @@ def write_predictions(workdir: str, raw: Mapping[str, Mapping], num_samples: int
     with open(os.path.join(workdir, PREDICTIONS_FILE), "w") as f:
         for split, pred in raw.items():
             steps_correct, hallucination = _per_example_steps(pred)
+            flags = pred.get("rules") or rules.rule_flags(pred["records"], pred["y_pred"])
             for i, record in enumerate(pred["records"]):
                 f.write(json.dumps({
                     "split": split, "id": record["id"], "label": int(pred["y_true"][i]),
                     "pred": int(pred["y_pred"][i]),
                     "probs": [round(float(p), 6) for p in pred["probs"][i]],
                     "steps_correct": steps_correct[i],
-                    "hallucination": hallucination[i]}) + "\n")
+                    "hallucination": hallucination[i],
+                    "rule_applies": bool(flags["applies"][i]),
+                    "rule_violation": bool(flags["violated"][i])}) + "\n")
     # Training rollouts logged by an RL run (lines with a 'step') stay; eval lines replace
     # those of an earlier evaluation.
     samples_path = os.path.join(workdir, SAMPLES_FILE)

@@ -211,6 +211,7 @@ METRICS: dict[str, tuple[str, Callable[[Mapping], Any], str]] = {
     "step_accuracy": ("step-acc", _step_all, "pct"),
     "hallucination_rate": ("halluc.", lambda e: e["hallucination_rate"], "pct"),
     **{f"step_acc_{name}": (name, _step_of(name), "pct") for name in STEP_NAMES},
+    "rule_violation_rate": ("rule-viol.", lambda e: e.get("rule_violation_rate"), "pct"),
     "ece": ("ECE", lambda e: e["ece"], "pct"),
     "brier": ("Brier", lambda e: e["brier"], "float"),
     "tier_accuracy": ("tier-acc", _cumpt("tier_accuracy"), "pct"),

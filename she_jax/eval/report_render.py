@@ -136,9 +136,11 @@ def _mix_text(entry: Mapping) -> str:
 
 _SPLIT_COLUMNS = (("macro_f1", "macro-F1"), ("accuracy", "acc"),
                   *((f"f1_{label}", f"F1 {label}") for label in LABELS),
-                  ("step_accuracy", "step-acc"), ("hallucination_rate", "halluc."))
+                  ("step_accuracy", "step-acc"), ("hallucination_rate", "halluc."),
+                  ("rule_violation_rate", "rule-viol."))
 _PAIRED_COLUMNS = (("macro_f1", "Δ macro-F1"), ("accuracy", "Δ acc"), ("f1_L3", "Δ F1 L3"),
-                   ("step_accuracy", "Δ step-acc"), ("hallucination_rate", "Δ halluc."))
+                   ("step_accuracy", "Δ step-acc"), ("hallucination_rate", "Δ halluc."),
+                   ("rule_violation_rate", "Δ rule-viol."))
 
 
 _STEP_COLUMNS = tuple((f"step_acc_{name}", name) for name in STEP_NAMES)

@@ -28,7 +28,10 @@ LABEL_METRICS = ("macro_f1", "accuracy") + tuple(f"f1_{label}" for label in LABE
 STEP_METRICS = ("step_accuracy", "hallucination_rate")
 # Accuracy of each CoT step on its own, over the examples annotated for that step.
 PER_STEP_METRICS = tuple(f"step_acc_{name}" for name in STEP_NAMES)
-METRICS = LABEL_METRICS + STEP_METRICS + PER_STEP_METRICS
+# Predictions judged relevant although a business rule makes the pair a mismatch, over the
+# examples a rule applies to (she_jax.eval.rules).
+RULE_METRICS = ("rule_violation_rate",)
+METRICS = LABEL_METRICS + STEP_METRICS + PER_STEP_METRICS + RULE_METRICS
 _NUM_CLASSES = len(LABELS)
 _NUM_CELLS = _NUM_CLASSES * (_NUM_CLASSES + 1)  # confusion cells: gold x (predicted + invalid)
 
@@ -39,7 +42,8 @@ class SplitData:
 
     label [N] gold class ids; pred [S, N] predicted ids (-1 invalid); annotated, all_right,
     hallucinated [S, N] bool, or None when some run lacks per-example steps; step_known,
-    step_right [S, N, 5] bool (step k annotated / right, in STEP_NAMES order), or None.
+    step_right [S, N, 5] bool (step k annotated / right, in STEP_NAMES order), or None;
+    rule_applies, rule_violated [S, N] bool (she_jax.eval.rules), or None.
     """
     ids: list[Any]
     label: np.ndarray
@@ -49,6 +53,8 @@ class SplitData:
     hallucinated: np.ndarray | None = None
     step_known: np.ndarray | None = None
     step_right: np.ndarray | None = None
+    rule_applies: np.ndarray | None = None
+    rule_violated: np.ndarray | None = None
 
     def take(self, ids: Sequence[Any], seeds: Sequence[int]) -> SplitData:
         """The rows `seeds` and the columns `ids` (a subset of self.ids, in that order)."""
@@ -61,7 +67,7 @@ class SplitData:
 
         return SplitData(list(ids), self.label[cols], sub(self.pred), sub(self.annotated),
                          sub(self.all_right), sub(self.hallucinated), sub(self.step_known),
-                         sub(self.step_right))
+                         sub(self.step_right), sub(self.rule_applies), sub(self.rule_violated))
 
 
 def draw_counts(n: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -131,6 +137,10 @@ def seed_metrics(weights: np.ndarray, data: SplitData) -> dict[str, np.ndarray]:
         known = data.step_known
         indicators += [known.transpose(1, 0, 2).reshape(n, -1),
                        (known & data.step_right).transpose(1, 0, 2).reshape(n, -1)]
+    rule_cols = 0
+    if data.rule_applies is not None:
+        indicators += [data.rule_applies.T, (data.rule_applies & data.rule_violated).T]
+        rule_cols = 2 * num_seeds
     # One matmul counts every cell of every seed in every resample; float32 is exact here
     # (integer sums far below 2^24) and halves the memory traffic.
     counts = (np.asarray(weights, dtype=np.float32)
@@ -138,14 +148,18 @@ def seed_metrics(weights: np.ndarray, data: SplitData) -> dict[str, np.ndarray]:
     cells = num_seeds * _NUM_CELLS
     out = label_metrics(counts[:, :cells].reshape(
         len(counts), num_seeds, _NUM_CLASSES, _NUM_CLASSES + 1))
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
+
+    if rule_cols:  # the last columns
+        applies, violated = np.split(counts[:, counts.shape[1] - rule_cols:], 2, axis=1)
+        out["rule_violation_rate"] = ratio(violated, applies)
+        counts = counts[:, :counts.shape[1] - rule_cols]
     if data.annotated is not None:
         step_cells = 3 * num_seeds
         annotated, right, hallucinated = np.split(counts[:, cells:cells + step_cells], 3,
                                                   axis=1)
-
-        def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-            return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
-
         out["step_accuracy"] = ratio(right, annotated)
         out["hallucination_rate"] = ratio(hallucinated, right)
         if per_step:

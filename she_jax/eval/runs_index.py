@@ -423,6 +423,12 @@ def split_data(runs: Sequence[Run], split: str,
     else:
         notes.append("step accuracy and hallucination from eval.json (predictions.jsonl has "
                      "no per-example steps_correct/hallucination)")
+    if all("rule_applies" in rows[i] and "rule_violation" in rows[i]
+           for rows in rows_per_run for i in ids):
+        data.rule_applies = np.array([[bool(rows[i]["rule_applies"]) for i in ids]
+                                      for rows in rows_per_run])
+        data.rule_violated = np.array([[bool(rows[i]["rule_violation"]) for i in ids]
+                                       for rows in rows_per_run])
     return data, notes
 
 
