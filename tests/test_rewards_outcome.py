@@ -82,6 +82,33 @@ def test_group_metrics():
     assert metrics["reward/group_all_wrong"] == 0.5
 
 
+def test_rule_penalty_pushes_rule_breaking_answers_down():
+    """A gold-L1 pair (R1) and a negation pair whose item has the excluded value (R4, gold
+    L2) are rule cases: L4/L3 there violate a rule. A plain L2 pair is not a rule case."""
+    parsed = [[_rollout("L4"), _rollout("L3"), _rollout("L2"), _rollout("L1")],
+              [_rollout("L4"), _rollout("L2"), _rollout(None), _rollout("L1")],
+              [_rollout("L4"), _rollout("L3"), _rollout("L2"), _rollout("L1")]]
+    records = [{"label": "L1", "query_type": "category"},
+               {"label": "L2", "query_type": "negation"},
+               {"label": "L2", "query_type": "attribute"}]
+    plain = outcome.outcome_rewards(parsed, records)
+    expected_violation = [[True, True, False, False], [True, False, False, False],
+                          [False] * 4]
+    np.testing.assert_array_equal(plain["rule_violation"], expected_violation)
+    config = outcome.outcome_config()
+    config.rule_penalty = 0.5
+    penalised = outcome.outcome_rewards(parsed, records, config)
+    np.testing.assert_allclose(penalised["reward"],
+                               [[-0.5, -0.5, 0.0, 1.0], [-0.5, 1.0, -0.1, 0.0],
+                                [0.0, 0.0, 1.0, 0.0]], atol=1e-7)
+    np.testing.assert_allclose(penalised["reward"] + 0.5 * plain["rule_violation"],
+                               plain["reward"], atol=1e-7)  # the penalty, nothing else
+    assert outcome.outcome_metrics(penalised)["reward/rule_violation"] == pytest.approx(3 / 12)
+    config.rule_penalty = -0.1
+    with pytest.raises(ValueError, match="rule_penalty"):
+        outcome.outcome_rewards(parsed, records, config)
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("correct_reward", 0.0, "correct_reward"),
     ("wrong_reward", 1.0, "correct_reward"),

@@ -6,7 +6,7 @@ pair a mismatch for a hard reason and the model still judges it relevant (L4 or 
   'alternative' R5: an affordable-alternative query, and the item is the reference brand
                 or a premium one;
   'category'    R1: the item is of another category (gold L1).
-The conditions are those of AGRL's rule-aware reward (`shaping.rule_conditions`, read from
+The conditions are those of AGRL's rule-aware reward (`she_jax.rewards.rules`, read from
 the record's annotation, or from its gold label and query type when it has none), so the
 rate AGRL trains against is measured for SFT, DPO, GRPO and SRPO on the same examples.
 
@@ -30,10 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from she_jax.rewards.shaping import RULES, rule_conditions
+from she_jax.rewards.rules import RELEVANT_LABELS, RULES, rule_conditions
 from she_jax.special_tokens import LABELS
 
-RELEVANT_LABELS = ("L4", "L3")
 PREDICTIONS_FILE = "predictions.jsonl"
 
 

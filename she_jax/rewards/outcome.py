@@ -14,6 +14,11 @@ The format term is a penalty, never a bonus: a well-formed rollout gets exactly 
 reward, so `format_weight` = 0 gives the plain GRPO correctness reward, and a badly formed
 but correct rollout still beats every wrong one as long as format_weight is below
 correct_reward - wrong_reward.
+
+Optional rule penalty (`rule_penalty` > 0; AGRL's hard rule gate on the plain reward): a
+rollout that judges relevant (L4/L3) a pair a business rule makes a mismatch
+(she_jax.rewards.rules) gets wrong_reward - rule_penalty, so among wrong answers the
+rule-breaking ones are pushed down most. A correct rollout never violates a rule.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from she_jax.data.cot import ParsedCoT
+from she_jax.rewards import rules
 from she_jax.special_tokens import LABELS
 
 
@@ -35,6 +41,9 @@ def outcome_config() -> ml_collections.ConfigDict:
     config.correct_reward = 1.0  # reward of a rollout whose parsed label is the gold label
     config.wrong_reward = 0.0  # reward of a wrong label or of a rollout with no label token
     config.format_weight = 0.1  # subtracted once when the text is not exactly in the CoT format
+    # > 0: a rollout judging relevant a pair a business rule makes a mismatch gets
+    # wrong_reward - rule_penalty (she_jax.rewards.rules; 0 = off).
+    config.rule_penalty = 0.0
     return config
 
 
@@ -60,6 +69,8 @@ def check_outcome_config(config: Mapping[str, Any]) -> None:
     if correct <= wrong:
         raise ValueError(f"correct_reward ({correct}) must be greater than wrong_reward ({wrong})")
     check_number(config, "format_weight", low=0.0)
+    if "rule_penalty" in config:
+        check_number(config, "rule_penalty", low=0.0)
 
 
 def check_batch(parsed: Sequence[Sequence[ParsedCoT]],
@@ -99,7 +110,8 @@ def outcome_rewards(parsed: Sequence[Sequence[ParsedCoT]], records: Sequence[Map
 
     Returns:
       {'correct': [B, G] bool, 'has_label': [B, G] bool (a label token was parsed),
-       'format_valid': [B, G] bool, 'reward': [B, G] float32}.
+       'format_valid': [B, G] bool, 'rule_violation': [B, G] bool (a relevant label where
+       a rule makes the pair a mismatch), 'reward': [B, G] float32}.
     """
     config = outcome_config() if config is None else config
     check_outcome_config(config)
@@ -107,16 +119,20 @@ def outcome_rewards(parsed: Sequence[Sequence[ParsedCoT]], records: Sequence[Map
     correct = np.zeros((batch, group), dtype=bool)
     has_label = np.zeros((batch, group), dtype=bool)
     format_valid = np.zeros((batch, group), dtype=bool)
+    violation = np.zeros((batch, group), dtype=bool)
     for b, (row, record) in enumerate(zip(parsed, records)):
+        rule_case = any(rules.rule_conditions(record, rules_without_annotations=True).values())
         for g, rollout in enumerate(row):
             correct[b, g] = rollout.label == record["label"]
             has_label[b, g] = rollout.label is not None
             format_valid[b, g] = rollout.format_valid
+            violation[b, g] = rule_case and rollout.label in rules.RELEVANT_LABELS
     right = correct.astype(np.float64)
     reward = (config["correct_reward"] * right + config["wrong_reward"] * (1.0 - right)
-              - config["format_weight"] * (1.0 - format_valid))
+              - config["format_weight"] * (1.0 - format_valid)
+              - config.get("rule_penalty", 0.0) * violation)
     return {"correct": correct, "has_label": has_label, "format_valid": format_valid,
-            "reward": reward.astype(np.float32)}
+            "rule_violation": violation, "reward": reward.astype(np.float32)}
 
 
 def outcome_metrics(outcome: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -125,7 +141,7 @@ def outcome_metrics(outcome: Mapping[str, np.ndarray]) -> dict[str, float]:
     'reward/mean', 'reward/std' (over all B*G rollouts), 'reward/accuracy',
     'reward/has_label', 'reward/format_valid' (rates), 'reward/group_all_correct',
     'reward/group_all_wrong' (share of prompts whose G rollouts are all right / all wrong:
-    groups that carry no GRPO signal).
+    groups that carry no GRPO signal), 'reward/rule_violation' (rate over the rollouts).
     """
     correct = np.asarray(outcome["correct"], dtype=bool)
     reward = np.asarray(outcome["reward"], dtype=np.float64)
@@ -137,4 +153,5 @@ def outcome_metrics(outcome: Mapping[str, np.ndarray]) -> dict[str, float]:
         "reward/format_valid": float(np.mean(outcome["format_valid"])),
         "reward/group_all_correct": float(np.mean(correct.all(axis=1))),
         "reward/group_all_wrong": float(np.mean(~correct.any(axis=1))),
+        "reward/rule_violation": float(np.mean(outcome.get("rule_violation", False))),
     }

@@ -22,18 +22,8 @@ Hard gate, in this order:
   2. A business rule is violated (docs/relevance_rules.md): the reward becomes
      -rule_penalty (0 when rule_penalty is 0), whatever the gate. A rollout violates a
      rule when the rules make the pair a mismatch for a hard reason and the rollout still
-     judges it relevant (a label in `relevant_labels`, by default L4 and L3):
-       'negation'    R4: the query excludes a brand/material/color and the item has it;
-       'alternative' R5: an affordable-alternative query, and the item is the reference
-                     brand or premium;
-       'category'    R1: the item's category does not match the query's (gold L1).
-     The condition is read from the annotation (query 'excluded K: V' with item 'K: V', or
-     step 4 'exclusion respected: no'; step 4 'cheaper alternative: no'; step 3 'category
-     match: none'). Without an annotation and with `rules_without_annotations`, it is read
-     from the gold label: in ShopWorld a negation or alternative query has its exclusion /
-     alternative check as its only key check, so gold L2 on such a query means that check
-     failed, and L1 means exactly R1's 'none' (tested on the data). Turn it off for data
-     whose query types do not carry that meaning.
+     judges it relevant (a label in `relevant_labels`, by default L4 and L3); the rules
+     and how their conditions are read: she_jax.rewards.rules.
 """
 
 from __future__ import annotations
@@ -47,13 +37,13 @@ import numpy as np
 from she_jax.data import cot
 from she_jax.data.cot import ParsedCoT
 from she_jax.rewards.outcome import check_batch, check_number
+from she_jax.rewards.rules import RULES, rule_conditions  # noqa: F401  (re-exported)
 from she_jax.rewards.verifier import fact_hits
 from she_jax.special_tokens import LABELS
 
 COMPONENTS = ("format", "query_category", "item_category", "category_match",
               "attribute_match", "label")
 ANNOTATION_COMPONENTS = ("query_category", "item_category", "category_match", "attribute_match")
-RULES = ("negation", "alternative", "category")
 GATES = ("zero", "cap", "none")
 
 
@@ -113,27 +103,6 @@ def _facts(annotations: Mapping[str, Sequence[str]], step: str) -> list[str]:
 
 def _category_facts(annotations: Mapping[str, Sequence[str]], step: str) -> list[str]:
     return [f for f in _facts(annotations, step) if cot.normalize_fact(f).startswith("category: ")]
-
-
-def rule_conditions(record: Mapping, rules_without_annotations: bool) -> dict[str, bool]:
-    """{rule: the rules make this pair a mismatch for that rule's reason} (module docstring)."""
-    annotations = record.get("annotations")
-    if annotations is None:
-        if not rules_without_annotations:
-            return {rule: False for rule in RULES}
-        label, query_type = record["label"], record.get("query_type")
-        return {"negation": query_type == "negation" and label == "L2",
-                "alternative": query_type == "alternative" and label == "L2",
-                "category": label == "L1"}
-    query = {cot.normalize_fact(f) for f in _facts(annotations, "query")}
-    item = {cot.normalize_fact(f) for f in _facts(annotations, "item")}
-    checks = {cot.normalize_fact(f) for f in _facts(annotations, "attribute_match")}
-    item_has_excluded = any(f.removeprefix("excluded ") in item
-                            for f in query if f.startswith("excluded "))
-    category = {cot.normalize_fact(f) for f in _facts(annotations, "category_match")}
-    return {"negation": item_has_excluded or "exclusion respected: no" in checks,
-            "alternative": "cheaper alternative: no" in checks,
-            "category": "category match: none" in category}
 
 
 def _rollout_components(rollout: ParsedCoT, record: Mapping, strict: bool

@@ -24,7 +24,6 @@ import numpy as np
 from she_jax import sampling
 from she_jax.rewards import outcome, shaping
 from she_jax.rl import replay as replay_lib
-from she_jax.rl import rollout as rollout_lib
 from she_jax.train import rl
 
 

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from she_jax import parallel
-from she_jax.data import cot, loader, sources
+from she_jax.data import loader, sources
 from she_jax.data.cot import training_orders  # the orders SFT trains on
 from she_jax.eval import evaluate
 from she_jax.models import transformer

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 import ml_collections
-import numpy as np
 
 from she_jax.rewards import hybrid, outcome, verifier
 from she_jax.train import rl
