@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -335,6 +336,33 @@ def test_balanced_verdicts_give_each_class_half_the_weight(world):
     one_class = np.ones((3, 5), np.float32)
     assert np.array_equal(genrm_trainer.balanced_slot_weights(one_class, np.zeros((3, 5))),
                           one_class)
+
+
+def test_loss_metrics_with_balanced_weights(world, monkeypatch):
+    """With non-unit slot weights the logged verdict accuracy and incorrect-step recall are
+    weighted means (the recall at most 1). The model's verdicts are fixed here: every
+    other labelled slot is judged wrong."""
+    splits, tokenizer = world
+    examples = genrm.build_genrm_examples(
+        splits["sft"], np.random.default_rng(0),
+        _examples_config({k: 1.0 for k in genrm.ERROR_KINDS}, num_gold=4, num_corrupted=8))
+    batches = genrm_trainer.ExampleBatches(examples, tokenizer, batch_size=8, buckets=(160,),
+                                           seed=0, balance_verdicts=True)
+    batch = {k: jnp.asarray(v) for k, v in batches(0).items()}
+    said = (np.arange(8 * 5).reshape(8, 5) % 2).astype(np.int32)  # 1 = "no" (wrong step)
+    fixed = jnp.log(jnp.where(jax.nn.one_hot(said, 2) > 0, 0.9, 0.1))
+    monkeypatch.setattr(genrm_trainer.genrm_lib, "verdict_log_probs",
+                        lambda *args, **kwargs: fixed)
+    _, aux = genrm_trainer.genrm_loss_fn(_tiny_model(tokenizer.vocab_size),
+                                         (0, 1))(None, batch, None)
+    w, verdicts = np.asarray(batch["slot_weight"]), np.asarray(batch["verdicts"])
+    wrong = (verdicts == 1) & (w > 0)
+    assert w[wrong].min() > 1 and (said[wrong] == 1).any()  # the weights are in play
+    num, den = aux["incorrect_recall"]
+    assert float(num) / float(den) == pytest.approx(
+        (w * (said == 1) * wrong).sum() / (w * wrong).sum(), rel=1e-5)
+    assert float(aux["verdict_accuracy"]) / float(aux["normalizer"]) == pytest.approx(
+        (w * (said == verdicts)).sum() / w.sum(), rel=1e-5)
 
 
 def _tiny_sft_run(world, run_dir):

@@ -91,7 +91,8 @@ def genrm_loss_fn(model_config: transformer.ModelConfig, verdict_token_ids: tupl
         incorrect = (verdicts == 1).astype(jnp.float32) * weight
         aux = {"normalizer": weight.sum(),
                "verdict_accuracy": right.sum(),
-               "incorrect_recall": ((right * incorrect).sum(), incorrect.sum())}
+               # weighted: sum of w over wrong steps judged wrong / sum of w over wrong steps
+               "incorrect_recall": ((right * (verdicts == 1)).sum(), incorrect.sum())}
         return (nll * weight).sum(), aux
 
     return loss_fn
