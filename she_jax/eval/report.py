@@ -137,8 +137,10 @@ def write_eval_json(path: str, eval_dict: Mapping[str, Any]) -> None:
         text = json.dumps(eval_dict, indent=2, allow_nan=False, default=_to_json)
     except ValueError as e:
         raise ValueError(f"{path}: eval dict holds NaN or inf: {e}") from e
-    with open(path, "w") as f:
+    temporary = f"{path}.tmp{os.getpid()}"  # a crash never leaves a torn eval.json
+    with open(temporary, "w") as f:
         f.write(text + "\n")
+    os.replace(temporary, path)
 
 
 def read_eval_json(path: str) -> dict:
@@ -175,12 +177,8 @@ def check_eval(eval_dict: Any, source: str = "eval dict") -> None:
 # Tables.
 
 
-def _step_all(entry: Mapping) -> float | None:
-    steps = entry.get("step_accuracy")
-    return None if steps is None else steps.get("all_steps")
-
-
 def _step_of(name: str) -> Callable[[Mapping], float | None]:
+    """Getter of eval.json's step_accuracy[name] (a step, or 'all_steps')."""
     def get(entry: Mapping) -> float | None:
         steps = entry.get("step_accuracy")
         return None if steps is None else steps.get(name)
@@ -208,7 +206,7 @@ METRICS: dict[str, tuple[str, Callable[[Mapping], Any], str]] = {
     "macro_f1": ("macro-F1", lambda e: e["macro_f1"], "pct"),
     **{f"f1_{label}": (f"F1 {label}", _f1_of(label), "pct") for label in LABELS},
     "format_valid_rate": ("fmt-valid", lambda e: e["format_valid_rate"], "pct"),
-    "step_accuracy": ("step-acc", _step_all, "pct"),
+    "step_accuracy": ("step-acc", _step_of("all_steps"), "pct"),
     "hallucination_rate": ("halluc.", lambda e: e["hallucination_rate"], "pct"),
     **{f"step_acc_{name}": (name, _step_of(name), "pct") for name in STEP_NAMES},
     "rule_violation_rate": ("rule-viol.", lambda e: e.get("rule_violation_rate"), "pct"),

@@ -128,45 +128,43 @@ def seed_metrics(weights: np.ndarray, data: SplitData) -> dict[str, np.ndarray]:
     cell = data.label[None, :] * (_NUM_CLASSES + 1) + column  # [S, N] confusion cell
     onehot = np.zeros((n, num_seeds, _NUM_CELLS), dtype=np.float32)
     onehot[np.arange(n)[:, None], np.arange(num_seeds)[None, :], cell.T] = 1.0
-    indicators = [onehot.reshape(n, -1)]
+    # Indicator columns [N, width] per named group; seed s is column s of a [N, S] group,
+    # and columns s * 5 + k of a per-step [N, S * 5] group.
+    groups = {"cells": onehot.reshape(n, -1)}
     if data.annotated is not None:
         steps_right = data.annotated & data.all_right
-        indicators += [data.annotated.T, steps_right.T, (data.hallucinated & steps_right).T]
-    per_step = data.annotated is not None and data.step_known is not None
-    if per_step:  # [N, S * 5] each: step k of seed s annotated, and right
-        known = data.step_known
-        indicators += [known.transpose(1, 0, 2).reshape(n, -1),
-                       (known & data.step_right).transpose(1, 0, 2).reshape(n, -1)]
-    rule_cols = 0
+        groups.update(annotated=data.annotated.T, steps_right=steps_right.T,
+                      hallucinated=(data.hallucinated & steps_right).T)
+        if data.step_known is not None:
+            known = data.step_known
+            groups.update(step_known=known.transpose(1, 0, 2).reshape(n, -1),
+                          step_right=(known & data.step_right).transpose(1, 0, 2).reshape(n, -1))
     if data.rule_applies is not None:
-        indicators += [data.rule_applies.T, (data.rule_applies & data.rule_violated).T]
-        rule_cols = 2 * num_seeds
+        groups.update(rule_applies=data.rule_applies.T,
+                      rule_violated=(data.rule_applies & data.rule_violated).T)
     # One matmul counts every cell of every seed in every resample; float32 is exact here
     # (integer sums far below 2^24) and halves the memory traffic.
     counts = (np.asarray(weights, dtype=np.float32)
-              @ np.concatenate(indicators, axis=1, dtype=np.float32)).astype(np.float64)
-    cells = num_seeds * _NUM_CELLS
-    out = label_metrics(counts[:, :cells].reshape(
+              @ np.concatenate(list(groups.values()), axis=1, dtype=np.float32)
+              ).astype(np.float64)
+    bounds = np.cumsum([g.shape[1] for g in groups.values()])[:-1]
+    count = dict(zip(groups, np.split(counts, bounds, axis=1)))
+    out = label_metrics(count["cells"].reshape(
         len(counts), num_seeds, _NUM_CLASSES, _NUM_CLASSES + 1))
 
     def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.divide(num, den, out=np.full(num.shape, np.nan), where=den > 0)
 
-    if rule_cols:  # the last columns
-        applies, violated = np.split(counts[:, counts.shape[1] - rule_cols:], 2, axis=1)
-        out["rule_violation_rate"] = ratio(violated, applies)
-        counts = counts[:, :counts.shape[1] - rule_cols]
-    if data.annotated is not None:
-        step_cells = 3 * num_seeds
-        annotated, right, hallucinated = np.split(counts[:, cells:cells + step_cells], 3,
-                                                  axis=1)
-        out["step_accuracy"] = ratio(right, annotated)
-        out["hallucination_rate"] = ratio(hallucinated, right)
-        if per_step:
-            known, right = (a.reshape(len(counts), num_seeds, len(STEP_NAMES)) for a in
-                            np.split(counts[:, cells + step_cells:], 2, axis=1))
-            for k, name in enumerate(STEP_NAMES):
-                out[f"step_acc_{name}"] = ratio(right[..., k], known[..., k])
+    if "annotated" in count:
+        out["step_accuracy"] = ratio(count["steps_right"], count["annotated"])
+        out["hallucination_rate"] = ratio(count["hallucinated"], count["steps_right"])
+    if "step_known" in count:
+        shape = (len(counts), num_seeds, len(STEP_NAMES))
+        known, right = count["step_known"].reshape(shape), count["step_right"].reshape(shape)
+        for k, name in enumerate(STEP_NAMES):
+            out[f"step_acc_{name}"] = ratio(right[..., k], known[..., k])
+    if "rule_applies" in count:
+        out["rule_violation_rate"] = ratio(count["rule_violated"], count["rule_applies"])
     return out
 
 

@@ -33,8 +33,6 @@ import numpy as np
 from she_jax.rewards.rules import RELEVANT_LABELS, RULES, rule_conditions
 from she_jax.special_tokens import LABELS
 
-PREDICTIONS_FILE = "predictions.jsonl"
-
 
 def rule_flags(records: Sequence[Mapping], y_pred: Any) -> dict[str, np.ndarray]:
     """Per example: {'applies': [N] bool (some rule makes the pair a mismatch),
@@ -76,38 +74,23 @@ def add_to_entry(entry: dict, flags: Mapping[str, np.ndarray]) -> dict:
     return entry
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def backfill(workdir: str, splits: Mapping[str, Sequence[Mapping]] | None = None) -> list[str]:
     """Adds the rule fields to <workdir>/predictions.jsonl and eval.json from the predictions
     already there; `splits` {name: records}, default: the run's own data (its config.json).
     Returns the splits filled. The gold labels of the predictions must match the data's
     (else ValueError naming the example), so a run is never scored against other data."""
+    from she_jax import run_dir
     from she_jax.eval import report
+    from she_jax.eval.runs_index import PREDICTIONS_FILE, _read_jsonl
 
     pred_path = os.path.join(workdir, PREDICTIONS_FILE)
-    eval_path = os.path.join(workdir, "eval.json")
+    eval_path = os.path.join(workdir, run_dir.EVAL_FILE)
     for path in (pred_path, eval_path):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: not found (backfill needs an evaluated run)")
-    with open(eval_path) as f:
-        eval_dict = json.load(f)
-    report.check_eval(eval_dict, eval_path)
-    rows = []
-    with open(pred_path) as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{pred_path}:{line_no}: not JSON ({e})") from None
+    eval_dict = report.read_eval_json(eval_path)
+    rows = [row for _, row in _read_jsonl(pred_path)]
     if splits is None:
-        from she_jax import run_dir
         from she_jax.data import sources
 
         splits = sources.load_splits(run_dir.load_config(workdir).data)
@@ -136,8 +119,11 @@ def backfill(workdir: str, splits: Mapping[str, Sequence[Mapping]] | None = None
         if split in eval_dict["splits"]:
             add_to_entry(eval_dict["splits"][split], flags)
         filled.append(split)
-    _write_atomic(pred_path, "".join(json.dumps(row) + "\n" for row in rows))
-    _write_atomic(eval_path, json.dumps(eval_dict, indent=2, allow_nan=False) + "\n")
+    temporary = f"{pred_path}.tmp{os.getpid()}"
+    with open(temporary, "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    os.replace(temporary, pred_path)
+    report.write_eval_json(eval_path, eval_dict)
     return filled
 
 

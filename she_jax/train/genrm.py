@@ -219,7 +219,6 @@ def balanced_slot_weights(weight: np.ndarray, verdicts: np.ndarray) -> np.ndarra
     return (weight * scale).astype(np.float32)
 
 
-
 class ExampleBatches:
     """Fixed-shape training batches of encoded examples; batch i is a pure function of i.
 
