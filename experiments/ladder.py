@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from launch import sweep as sweep_lib
+from she_jax import cli
 
 SFT_CONFIG = "experiments/sft_think.py"
 # method -> (config file, fixed overrides of that method). SRPO runs as one stage from the
@@ -190,7 +191,7 @@ def run(sweeps: Sequence[sweep_lib.Sweep], out: str, parallel: int = 1,
 def main(argv: Sequence[str]) -> int:
     fv = _flag_values()
     rest, fixed = sweep_lib.split_fixed_overrides(argv)
-    fv(rest)
+    cli.parse_flags(fv, rest, __doc__)
     try:
         sweeps = plan(fv.methods, fv.seeds, fv.out, world_seed=fv.world_seed,
                       test_size=fv.test_size, updates=fv.updates, variant=fv.variant,

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import flags
 
-from she_jax import special_tokens as st
+from she_jax import cli, special_tokens as st
 from she_jax.data import cot, readers
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "she_jax")
@@ -147,10 +147,7 @@ def _flag_values() -> flags.FlagValues:
 def main(argv: Sequence[str]) -> dict[str, Any]:
     """Parses argv (argv[0] is the program name), prints the report, returns the stats."""
     fv = _flag_values()
-    try:
-        fv(list(argv))
-    except flags.Error as e:
-        sys.exit(f"{e}\n\n{fv.get_help()}")
+    cli.parse_flags(fv, argv, __doc__)
     if fv.jsonl and fv.esci_dir:
         sys.exit("--jsonl and --esci_dir are exclusive")
     splits = None

@@ -24,7 +24,7 @@ from absl import flags
 import jax
 import numpy as np
 
-from she_jax import run_dir as run_dir_lib
+from she_jax import cli, run_dir as run_dir_lib
 from she_jax import sampling, special_tokens as st
 from she_jax.data import sources
 from she_jax.eval import evaluate, metrics
@@ -113,7 +113,7 @@ def main(argv: Sequence[str]) -> int:
     flags.DEFINE_integer("batch", 16, "Prompts per sampling batch.", lower_bound=1,
                          flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=fv)
-    fv(argv)
+    cli.parse_flags(fv, argv, __doc__)
     if not fv.workdir:
         print("--workdir is required", file=sys.stderr)
         return 2
