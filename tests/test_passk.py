@@ -30,6 +30,14 @@ def test_pass_at_k_from_the_sampled_counts(think_run):
     assert sum(row["gold_label_mix"].values()) == pytest.approx(1.0)
     with open(os.path.join(think_run, passk.OUTPUT_FILE)) as f:
         assert json.load(f)["splits"]["dev"]["num_correct"] == row["num_correct"]
+    # Per step: every dev record is annotated; a right judgment step needs the right label.
+    assert list(row["steps"]) == list(passk.STEP_NAMES)
+    for name, step in row["steps"].items():
+        step_counts = np.array(step["num_correct"])
+        assert step["n"] == 8 and ((0 <= step_counts) & (step_counts <= 4)).all()
+        assert step["pass@1"] == pytest.approx(step_counts.mean() / 4)
+        assert step["pass@4"] == pytest.approx((step_counts > 0).mean())
+    assert (np.array(row["steps"]["judgment"]["num_correct"]) <= counts).all()
 
 
 def test_greedy_samples_are_all_alike(think_run):
@@ -39,6 +47,19 @@ def test_greedy_samples_are_all_alike(think_run):
     assert row["pass@1"] == pytest.approx(row["pass@3"])
     # Identical samples: the majority vote is that one answer.
     assert row["maj@3"] == pytest.approx(row["pass@1"])
+    for step in row["steps"].values():
+        assert set(step["num_correct"]) <= {0, 3}
+
+
+def test_step_pass_at_k_leaves_out_unannotated_records():
+    counts = np.array([[2, -1], [0, -1], [4, -1]])
+    steps = passk.step_pass_at_k(np.pad(counts, ((0, 0), (0, 3)), constant_values=-1), 4)
+    first = steps[passk.STEP_NAMES[0]]
+    assert first["n"] == 3 and first["num_correct"] == [2, 0, 4]
+    assert first["pass@1"] == pytest.approx(6 / 12)
+    assert first["pass@4"] == pytest.approx(2 / 3)
+    assert all(steps[name] == {"n": 0, "pass@1": None, "pass@4": None, "num_correct": []}
+               for name in passk.STEP_NAMES[1:])
 
 
 def test_command_line_requires_a_workdir(capsys):

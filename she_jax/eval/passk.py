@@ -6,11 +6,15 @@ r"""pass@1 against pass@k of a finished run, per split: how much room RL has.
 RL raises pass@1 only toward what the policy can already sample, so pass@k bounds what
 sharpening can give. With 4 labels, pass@k is inflated by chance (a uniform guesser has
 pass@8 = 1 - 0.75^8 = 0.90), so maj@k, the accuracy of the majority vote of the k samples,
-is reported beside it: what the sampled distribution's mode already gets right. For each split, k answers per prompt are sampled from the run's model
-(temperature 1: the distribution RL samples from), parsed, and scored against the gold
-label; pass@j for j = 1..k uses the unbiased estimator (`metrics.pass_at_k`). Writes
-<workdir>/pass_at_k.json ({split: {'n', 'k', 'pass@1', ..., 'pass@k', 'format_valid',
-'maj@k', 'num_correct', 'sampled_label_mix', 'gold_label_mix'}}) and prints a table.
+is reported beside it: what the sampled distribution's mode already gets right. For each
+split, k answers per prompt are sampled from the run's model (temperature 1: the
+distribution RL samples from), parsed, and scored against the gold label; pass@j for
+j = 1..k uses the unbiased estimator (`metrics.pass_at_k`). The same is done per CoT step
+(each step against its annotation, the evaluation's check, over the records annotated for
+it): the room SRPO's step rewards have — a step no sample gets right cannot be reinforced.
+Writes <workdir>/pass_at_k.json ({split: {'n', 'k', 'pass@1', ..., 'pass@k',
+'format_valid', 'maj@k', 'num_correct', 'sampled_label_mix', 'gold_label_mix', 'steps':
+{step: {'n', 'pass@1', 'pass@k', 'num_correct'}}}}) and prints a table.
 """
 
 from __future__ import annotations
@@ -25,13 +29,18 @@ import jax
 import numpy as np
 
 from she_jax import cli, run_dir as run_dir_lib
+from she_jax.special_tokens import STEP_NAMES
 from she_jax import sampling, special_tokens as st
 from she_jax.data import sources
 from she_jax.eval import evaluate, metrics
-from she_jax.rewards import outcome
+from she_jax.rewards import outcome, verifier
 from she_jax.rl import rollout as rollout_lib
 
 OUTPUT_FILE = "pass_at_k.json"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}"
 
 
 def split_pass_at_k(model_config, params, tokenizer, records: Sequence[Mapping], order: str, *,
@@ -45,6 +54,9 @@ def split_pass_at_k(model_config, params, tokenizer, records: Sequence[Mapping],
     majority_right = np.zeros(len(records), bool)
     predicted: list[str | None] = []
     valid = 0
+    # Per CoT step: samples with the step right (the evaluation's lenient check), for the
+    # records annotated for that step (-1: not annotated).
+    step_correct = np.full((len(records), len(STEP_NAMES)), -1, np.int64)
     for start in range(0, len(records), batch):
         chunk = list(records[start:start + batch])
         padded = chunk + [chunk[0]] * (batch - len(chunk))  # one compiled batch shape
@@ -60,6 +72,12 @@ def split_pass_at_k(model_config, params, tokenizer, records: Sequence[Mapping],
             # The most voted label (ties: the first to reach the top count); none: wrong.
             top = max(votes, key=votes.count) if votes else None
             majority_right[start + b] = top == record["label"]
+            right = np.zeros(len(STEP_NAMES), np.int64)
+            for p in row:
+                correct, known = verifier.verify_steps(p, record.get("annotations"),
+                                                       record["label"])
+                right += correct
+            step_correct[start + b] = np.where(known, right, -1)
         valid += int(scores["format_valid"].sum())
     n_samples = max(len(predicted), 1)
     out = {"n": len(records), "k": k, "temperature": temperature,
@@ -71,6 +89,21 @@ def split_pass_at_k(model_config, params, tokenizer, records: Sequence[Mapping],
            "gold_label_mix": {label: sum(r["label"] == label for r in records) / len(records)
                               for label in st.LABELS}}
     out["sampled_label_mix"]["invalid"] = sum(p not in st.LABELS for p in predicted) / n_samples
+    out["steps"] = step_pass_at_k(step_correct, k)
+    return out
+
+
+def step_pass_at_k(step_correct: np.ndarray, k: int) -> dict:
+    """pass@1 and pass@k of each CoT step: step_correct [R, S] = samples (of k) with step s
+    right, -1 where record r is not annotated for step s. Returns {step: {'n', 'pass@1',
+    'pass@k', 'num_correct'}} over the annotated records ('n' 0: pass values None)."""
+    out = {}
+    for s, name in enumerate(STEP_NAMES):
+        counts = step_correct[:, s][step_correct[:, s] >= 0]
+        out[name] = {"n": int(counts.size),
+                     "pass@1": metrics.pass_at_k(k, counts, 1) if counts.size else None,
+                     f"pass@{k}": metrics.pass_at_k(k, counts, k) if counts.size else None,
+                     "num_correct": counts.tolist()}
     return out
 
 
@@ -95,6 +128,9 @@ def run_pass_at_k(workdir: str, *, k: int = 8, splits: Sequence[str] | None = No
         print(f"{split:18s} n={row['n']:5d}  pass@1 {100 * row['pass@1']:5.1f}  "
               f"pass@{k} {100 * row[f'pass@{k}']:5.1f}  maj@{k} {100 * row[f'maj@{k}']:5.1f}",
               flush=True)
+        steps = "  ".join(f"{name} {_pct(v['pass@1'])}/{_pct(v[f'pass@{k}'])}"
+                          for name, v in row["steps"].items())
+        print(f"{'':18s} step pass@1/pass@{k}: {steps}", flush=True)
     path = os.path.join(workdir, OUTPUT_FILE)
     with open(path + ".tmp", "w") as f:
         json.dump({"order": order, "splits": result}, f, indent=1)
