@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from she_jax.eval import compare, evaluate, report, rules
+from she_jax.eval import compare, evaluate, report, rules, runs_index
 from she_jax.eval.resampling import METRICS
 from she_jax.special_tokens import LABELS, STEP_NAMES
 
@@ -371,3 +371,29 @@ def test_no_step_section_without_annotated_steps(tmp_path):
         write_run(tmp_path / f"r{seed}", _config("sft", seed), {"dev": (Y_TRUE, Y_HAND, None)})
     markdown = compare.render_markdown(compare.build_report([str(tmp_path)], n_resamples=10))
     assert "## Split dev" in markdown and "Step accuracy by step" not in markdown
+
+
+def test_sweep_trial_paths_absolute_moved_and_relative_to_cwd(tmp_path, monkeypatch):
+    """Trial workdirs written absolute are read as they are, found again in a moved sweep
+    by their last component, and named relative to the current directory when under it."""
+    root = tmp_path / "sweep"
+    write_sweep(root, [("s0", {"seed": 0}, _config(seed=0),
+                        {"test_head": (Y_TRUE, Y_HAND, STEPS)}, [])])
+    with open(root / "sweep.json") as f:
+        sweep = json.load(f)
+    sweep["trials"][0]["workdir"] = str(root / "s0")
+    with open(root / "sweep.json", "w") as f:
+        json.dump(sweep, f)
+    monkeypatch.chdir(tmp_path)
+    runs, _ = runs_index.load_runs([str(root)])
+    assert [r.workdir for r in runs] == [os.path.join("sweep", "s0")]
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    runs, _ = runs_index.load_runs([str(root)])
+    assert [r.workdir for r in runs] == [str(root / "s0")]
+    moved = tmp_path / "moved"
+    os.rename(root, moved)
+    monkeypatch.chdir(tmp_path)
+    runs, _ = runs_index.load_runs([str(moved)])
+    assert [r.workdir for r in runs] == [os.path.join("moved", "s0")]
+    assert runs[0].eval["splits"]["test_head"]["n"] == len(Y_TRUE)

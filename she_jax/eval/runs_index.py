@@ -149,14 +149,21 @@ def load_run(workdir: str, overrides: Mapping[str, Any] | None = None,
 
 def _resolve_trial_dir(sweep_file: str, workdir: str) -> str:
     """A trial's workdir as sweep.json wrote it: absolute, relative to the sweep directory,
-    relative to where the sweep ran, or (a moved sweep) its last component in the sweep dir."""
-    if os.path.isabs(workdir):
-        return workdir
+    relative to where the sweep ran, or (a moved sweep) its last component in the sweep dir.
+    A found directory under the current one is returned relative to it (reports name runs
+    the way the user's commands do, not by the machine's absolute paths)."""
     sweep_dir = os.path.dirname(sweep_file)
-    candidates = [os.path.join(sweep_dir, workdir), workdir,
-                  os.path.join(sweep_dir, os.path.basename(os.path.normpath(workdir)))]
+    moved = os.path.join(sweep_dir, os.path.basename(os.path.normpath(workdir)))
+    if os.path.isabs(workdir):
+        candidates = [workdir, moved]
+    else:
+        candidates = [os.path.join(sweep_dir, workdir), workdir, moved]
     # None there yet (a trial not started): the path as the sweep wrote it.
-    return next((c for c in candidates if os.path.isdir(c)), workdir)
+    found = next((c for c in candidates if os.path.isdir(c)), None)
+    if found is None:
+        return workdir
+    relative = os.path.relpath(os.path.abspath(found))
+    return found if relative.startswith(os.pardir) else relative
 
 
 def read_sweep(sweep_file: str) -> list[dict[str, Any]]:
