@@ -64,7 +64,8 @@ from she_jax.special_tokens import LABELS
 REPORT_FORMAT_VERSION = 1
 MIN_SEEDS = 3
 DEFAULT_CURVE_KEYS = ("loss", "label_accuracy", "rollout/reward_mean", "rollout/accuracy",
-                      "rollout/format_valid", "anchor/nll")
+                      "rollout/format_valid", "reward/rule_violation", "labels/tv_distance",
+                      "kl", "anchor/nll")
 
 METHOD_TEXT = (
     "Point estimate: the mean over a setting's seeds of each seed's metric on the split's "
