@@ -54,7 +54,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from experiments import registry
-from she_jax import signals as signals_lib
+from she_jax import cli, signals as signals_lib
 
 TRIAL_MODULE = "experiments.run"
 PREREQUISITE_MODULE = "launch.prerequisites"
@@ -598,8 +598,8 @@ def _flag_values() -> flags.FlagValues:
 def main(argv: Sequence[str]) -> int:
     """Parses argv (argv[0] is the program name), plans and runs the sweep; the exit status."""
     fv = _flag_values()
-    if any(arg in ("-h", "--help", "-help") for arg in argv[1:]):
-        print(f"{__doc__}\nFlags:\n{fv.get_help()}")
+    if cli.wants_help(argv):
+        sys.stdout.write(cli.usage(fv, __doc__))
         return 0
     try:
         rest, fixed = split_fixed_overrides(argv)

@@ -29,12 +29,12 @@ import jax
 import numpy as np
 
 from she_jax import cli, run_dir as run_dir_lib
-from she_jax.special_tokens import STEP_NAMES
 from she_jax import sampling, special_tokens as st
 from she_jax.data import sources
 from she_jax.eval import evaluate, metrics
 from she_jax.rewards import outcome, verifier
 from she_jax.rl import rollout as rollout_lib
+from she_jax.special_tokens import STEP_NAMES
 
 OUTPUT_FILE = "pass_at_k.json"
 
@@ -72,12 +72,9 @@ def split_pass_at_k(model_config, params, tokenizer, records: Sequence[Mapping],
             # The most voted label (ties: the first to reach the top count); none: wrong.
             top = max(votes, key=votes.count) if votes else None
             majority_right[start + b] = top == record["label"]
-            right = np.zeros(len(STEP_NAMES), np.int64)
-            for p in row:
-                correct, known = verifier.verify_steps(p, record.get("annotations"),
-                                                       record["label"])
-                right += correct
-            step_correct[start + b] = np.where(known, right, -1)
+        verified = verifier.verify_batch(parsed, chunk, {"strict": False})  # [B, G, S]
+        step_correct[start:start + len(chunk)] = np.where(
+            verified["step_known"][:, 0], verified["step_correct"].sum(axis=1), -1)
         valid += int(scores["format_valid"].sum())
     n_samples = max(len(predicted), 1)
     out = {"n": len(records), "k": k, "temperature": temperature,
