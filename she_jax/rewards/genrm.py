@@ -55,6 +55,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from she_jax import sampling, special_tokens as st
@@ -562,8 +563,9 @@ def _pmapped_correct_probs(model_config: transformer.ModelConfig, verdict_token_
 
 def roc_auc(labels: Any, scores: Any) -> float | None:
     """Exact ROC AUC of `scores` [N] for binary `labels` [N] (True = positive): the
-    Mann-Whitney statistic with average ranks, so tied scores count one half. None when
-    either class is empty."""
+    Mann-Whitney U of the positives' scores against the negatives' over n+ * n-
+    (`scipy.stats.mannwhitneyu`, tied scores counting one half). None when either class is
+    empty."""
     labels = np.asarray(labels, bool).reshape(-1)
     scores = np.asarray(scores, np.float64).reshape(-1)
     if labels.shape != scores.shape:
@@ -571,10 +573,8 @@ def roc_auc(labels: Any, scores: Any) -> float | None:
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if positives == 0 or negatives == 0:
         return None
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    average_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based mean rank of each value
-    rank_sum = average_rank[inverse][labels].sum()
-    return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
+    u = scipy.stats.mannwhitneyu(scores[labels], scores[~labels], method="asymptotic").statistic
+    return float(u / (positives * negatives))
 
 
 def _summary(correct: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
