@@ -294,3 +294,39 @@ def test_bench_precision_flag():
     for main in (rl_step.main, bench_sampler.main, train_step.main):
         with pytest.raises(SystemExit):
             main(["--precision=float16"])
+
+
+# ------------------------------------------------------------------------ dtype 'auto'
+
+
+def test_auto_dtype_is_bfloat16_only_where_bf16_matmuls_are_fast(tmp_path, monkeypatch):
+    with_amx, without = tmp_path / "amx", tmp_path / "avx2"
+    with_amx.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert precision.cpu_has_amx_bf16(str(with_amx))
+    assert not precision.cpu_has_amx_bf16(str(without))
+    assert not precision.cpu_has_amx_bf16(str(tmp_path / "missing"))
+    for backend, amx, expected in (("cpu", False, "float32"), ("cpu", True, "bfloat16"),
+                                   ("gpu", False, "bfloat16"), ("tpu", False, "bfloat16")):
+        monkeypatch.setattr(precision.jax, "default_backend", lambda b=backend: b)
+        monkeypatch.setattr(precision, "cpu_has_amx_bf16", lambda a=amx: a)
+        assert precision.resolve_dtype("auto") == expected, backend
+        # Explicit dtypes are kept whatever the machine; ModelConfig stores the resolved one.
+        assert precision.resolve_dtype("float32") == "float32"
+        assert ModelConfig.preset("tiny", dtype="auto").dtype == expected
+    with pytest.raises(ValueError, match="'float16' is not one of"):
+        precision.resolve_dtype("float16")
+
+
+def test_a_run_records_the_dtype_auto_resolved_to(monkeypatch):
+    import ml_collections
+    from she_jax.train import bootstrap
+
+    monkeypatch.setattr(precision.jax, "default_backend", lambda: "tpu")
+    config = ml_collections.ConfigDict({"model": bootstrap.model_config_section()})
+    config.lock()
+    config.model.dtype = "auto"
+    assert bootstrap.resolve_compute_dtype(config) == "bfloat16"
+    assert config.model.dtype == "bfloat16"  # what config.json then says
+    config.model.dtype = "float32"
+    assert bootstrap.resolve_compute_dtype(config) == "float32"

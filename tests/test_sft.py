@@ -10,7 +10,7 @@ import pytest
 
 from experiments import registry, sft as sft_config
 from she_jax.eval import evaluate, report
-from she_jax.models import transformer
+from she_jax.models import precision, transformer
 from she_jax.train import bootstrap, metrics as metrics_lib
 from she_jax.train.sft import OverlapTask, sft_loss_fn, title_query_overlap, training_orders
 
@@ -160,7 +160,12 @@ def _cache(tmp_path, monkeypatch):
 def test_sft_end_to_end_writes_the_run_directory(tmp_path, order):
     workdir = str(tmp_path / "run")
     config = _tiny_sft_config(order)
+    if order == "think_first":  # the machine's compute dtype, recorded as what it resolved to
+        config.model.dtype = "auto"
     eval_dict = registry.run_config(config, workdir)
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["model"]["dtype"] == (
+            precision.resolve_dtype("auto") if order == "think_first" else "float32")
 
     for name in ("config.json", "metrics.jsonl", "eval.json", "predictions.jsonl",
                  "samples.jsonl", "tb", "checkpoints", "model", "tokenizer", "plots"):

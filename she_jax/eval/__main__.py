@@ -24,7 +24,7 @@ _REEVAL = flags.DEFINE_bool("reeval", True, "Re-run the evaluation of --workdir 
 _BETA = flags.DEFINE_float("beta", None, "CumPT threshold (default: the run's eval.beta).")
 _SPLITS = flags.DEFINE_list("splits", None, "Splits to evaluate (default: the run's "
                             "eval.splits; 'all' = dev and every test split).")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype of the "
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "auto"], "Compute dtype of the "
                            "re-evaluation (default: the run's config.model.dtype).")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Examples per split (0 = all; "
                                      "default: the run's eval.max_examples).")

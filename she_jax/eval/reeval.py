@@ -14,6 +14,7 @@ from she_jax import run_dir
 from she_jax.data import checks as data_check
 from she_jax.data import sources
 from she_jax.eval import evaluate
+from she_jax.models import precision
 
 
 def reevaluate(workdir: str, beta: float | None = None, splits: list[str] | None = None,
@@ -23,7 +24,7 @@ def reevaluate(workdir: str, beta: float | None = None, splits: list[str] | None
     `dtype`: the compute dtype of the evaluation (default: the run's config.model.dtype)."""
     config = run_dir.load_config(workdir)
     if dtype is not None:
-        config.model.dtype = dtype
+        config.model.dtype = precision.resolve_dtype(dtype)
     if beta is not None:
         config.eval.beta = beta
     if splits:

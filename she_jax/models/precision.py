@@ -15,6 +15,10 @@ of the float32 ones).
 
 With a float32 compute dtype `einsum` is `jnp.einsum(..., preferred_element_type=float32)`:
 the same program as a plain float32 einsum.
+
+`resolve_dtype('auto')` picks the compute dtype for the machine: bfloat16 where bf16 x bf16
+-> f32 matmuls have a fast path (TPU, GPU, a CPU with AMX-BF16), float32 elsewhere (an
+AVX2-only CPU runs bf16 matmuls at or below its float32 rate; docs/results/bf16_sft_think).
 """
 
 from __future__ import annotations
@@ -24,6 +28,37 @@ import re
 
 import jax
 import jax.numpy as jnp
+
+AUTO = "auto"
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU lists the `amx_bf16` flag (Linux /proc/cpuinfo; False elsewhere)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split(":", 1)[-1].split()
+    except OSError:
+        pass
+    return False
+
+
+def resolve_dtype(name: str) -> str:
+    """A compute dtype name, with 'auto' resolved for this process's default backend:
+    'bfloat16' on TPU and GPU and on a CPU with AMX-BF16, else 'float32'. Raises ValueError
+    naming the accepted values for anything else."""
+    if name in COMPUTE_DTYPES:
+        return name
+    if name != AUTO:
+        raise ValueError(f"compute dtype {name!r} is not one of {[*COMPUTE_DTYPES, AUTO]}")
+    backend = jax.default_backend()
+    if backend in ("tpu", "gpu", "cuda", "rocm") or (backend == "cpu" and cpu_has_amx_bf16()):
+        return "bfloat16"
+    return "float32"
+
 
 # One operand's labels: letters, optionally with one leading, inner or trailing '...'.
 _OPERAND = re.compile(r"^[a-zA-Z]*(\.\.\.)?[a-zA-Z]*$")

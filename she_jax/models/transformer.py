@@ -83,7 +83,7 @@ class ModelConfig:
     qkv_bias: bool = False  # Qwen2
     qk_norm: bool = False  # Qwen3
     tie_embeddings: bool = True
-    dtype: str = "float32"  # compute dtype; params are always float32
+    dtype: str = "float32"  # compute dtype ('auto': precision.resolve_dtype); params float32
     family: str = "qwen2"  # 'qwen2' | 'qwen3' | 'llama' (names the HF architecture on export)
     max_seq_len: int = 2048
 
@@ -98,6 +98,8 @@ class ModelConfig:
                              f"num_kv_heads={self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
+        if self.dtype == precision.AUTO:  # the machine's fast compute dtype, fixed here
+            object.__setattr__(self, "dtype", precision.resolve_dtype(self.dtype))
         if self.dtype not in _DTYPES:
             raise ValueError(f"ModelConfig.dtype={self.dtype!r} not in {sorted(_DTYPES)}")
         if self.family not in _FAMILIES:

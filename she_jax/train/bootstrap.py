@@ -20,7 +20,7 @@ import ml_collections
 
 from she_jax import run_dir, tokenizer as tokenizer_lib
 from she_jax.data import sources
-from she_jax.models import hf, transformer
+from she_jax.models import hf, precision, transformer
 
 MODEL_DIR = run_dir.MODEL_DIR
 TOKENIZER_DIR = run_dir.TOKENIZER_DIR
@@ -36,11 +36,26 @@ def model_config_section(preset: str = "tiny") -> ml_collections.ConfigDict:
     # ModelConfig preset for a from-scratch model: 'tiny' | 'tiny_wide' | 'small'.
     c.preset = preset
     c.hf_path = ""  # a local Hugging Face model directory to start from (overrides preset)
-    c.dtype = "float32"  # compute dtype: 'float32' | 'bfloat16' (params stay float32)
+    # Compute dtype: 'float32' | 'bfloat16' (params stay float32) | 'auto': bfloat16 where
+    # bf16 matmuls are fast (TPU, GPU, AMX-BF16 CPU), else float32; config.json records
+    # the resolved one (resolve_compute_dtype).
+    c.dtype = "float32"
     c.vocab_size = 4096  # from-scratch models: SentencePiece vocab trained to this size
     # From-scratch models: ModelConfig fields replacing the preset's, e.g. {'num_layers': 6}.
     c.overrides = ml_collections.ConfigDict()
     return c
+
+
+def resolve_compute_dtype(config: ml_collections.ConfigDict) -> str:
+    """config.model.dtype with 'auto' replaced, in place, by the dtype it means on this
+    machine (`precision.resolve_dtype`: bfloat16 on TPU, GPU and AMX-BF16 CPUs, else
+    float32), so that config.json records the dtype the run computed in. Touches the JAX
+    backend only for 'auto' (call it after `parallel.initialize_distributed`)."""
+    dtype = precision.resolve_dtype(config.model.dtype)
+    if dtype != config.model.dtype:
+        logging.info("model.dtype 'auto' -> %s on backend %s", dtype, jax.default_backend())
+        config.model.dtype = dtype
+    return dtype
 
 
 def init_dir(config: ml_collections.ConfigDict) -> str:
@@ -114,6 +129,7 @@ def start_run(config: ml_collections.ConfigDict, workdir: str
     from she_jax.train import workdir as workdir_lib
 
     parallel.initialize_distributed(config.distributed)
+    resolve_compute_dtype(config)
     # The workdir lock, the resume's config check against config.json, then config.json.
     workdir_lib.open_run(config, workdir)
     splits = load_data(config)
