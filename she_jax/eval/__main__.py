@@ -17,6 +17,7 @@ import numpy as np
 from she_jax import run_dir, workdir_lock
 from she_jax.eval import deploy, evaluate, metrics
 from she_jax.eval.reeval import reevaluate
+from she_jax.models import precision
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run directory.", required=True)
 _COMPARE = flags.DEFINE_string("compare", None, "Another run directory for side-by-side GSB.")
@@ -24,8 +25,9 @@ _REEVAL = flags.DEFINE_bool("reeval", True, "Re-run the evaluation of --workdir 
 _BETA = flags.DEFINE_float("beta", None, "CumPT threshold (default: the run's eval.beta).")
 _SPLITS = flags.DEFINE_list("splits", None, "Splits to evaluate (default: the run's "
                             "eval.splits; 'all' = dev and every test split).")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "auto"], "Compute dtype of the "
-                           "re-evaluation (default: the run's config.model.dtype).")
+_DTYPE = flags.DEFINE_enum("dtype", None, [*precision.COMPUTE_DTYPES, precision.AUTO],
+                           "Compute dtype of the re-evaluation (default: the run's "
+                           "config.model.dtype).")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Examples per split (0 = all; "
                                      "default: the run's eval.max_examples).")
 

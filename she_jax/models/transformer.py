@@ -43,7 +43,7 @@ from she_jax.models import attention, precision
 
 Params = Mapping[str, Any]
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_DTYPES = {name: getattr(jnp, name) for name in precision.COMPUTE_DTYPES}  # jnp.float32, ...
 _FAMILIES = ("qwen2", "qwen3", "llama")
 # Initial values, HF style and by param name: norm scales one, biases zero, every other
 # param (kernels, embedding) normal with std = HF's `initializer_range`.
