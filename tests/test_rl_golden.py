@@ -114,7 +114,7 @@ def _bandit_scorer(reward_kind, seed=0):
 
 
 def _grpo(workdir, params, scorer, *, updates, lr=3e-3, balance_power=0.0, temperature=1.0,
-          top_k=0, drop_zero_variance=True, kl_beta=0.0, entropy_coef=0.0):
+          top_k=0, drop_zero_variance=True, kl_beta=0.0, entropy_coef=0.0, prior_weight=0.0):
     config = grpo_config.get_config()
     config.rl.update(prompts_per_step=8, group_size=8, max_new_tokens=1, samples_every=0,
                      temperature=temperature, top_k=top_k)
@@ -122,6 +122,7 @@ def _grpo(workdir, params, scorer, *, updates, lr=3e-3, balance_power=0.0, tempe
     config.rl.filter.drop_zero_variance = drop_zero_variance
     config.rl.loss.kl_beta = kl_beta
     config.rl.loss.entropy_coef = entropy_coef
+    config.rl.label_prior.weight = prior_weight
     config.optimizer.update(lr=lr, warmup_steps=1, total_steps=updates)
     tx, lr_fn = optim.make_optimizer(config.optimizer)
     # The step donates its state: train a copy, so `params` stays usable by the caller.

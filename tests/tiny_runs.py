@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import registry, sft as sft_config
+from she_jax import special_tokens as st
 
 
 def tiny_sft_config(order: str = "answer_first", extra_orders: tuple[str, ...] = ()
@@ -53,4 +54,8 @@ class WordTokenizer:
         return [self.encode(t) for t in texts]
 
     def decode(self, ids, skip_special=False):
-        return " ".join(f"w{int(i)}" for i in ids)
+        """Words w<id>; a step marker or label id as its control token (as the real
+        tokenizer writes them), so parsed rollouts carry their label."""
+        special = dict(zip(self.step_marker_ids + self.label_ids,
+                           st.STEP_MARKERS + st.LABEL_TOKENS))
+        return " ".join(special.get(int(i), f"w{int(i)}") for i in ids)

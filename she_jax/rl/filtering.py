@@ -336,6 +336,19 @@ class ClassBalancedSampler:
             raise ValueError(f"state['batches_drawn'] must be an int >= 0, got {batches_drawn!r}")
         self.batches_drawn = int(batches_drawn)
 
+    def expected_label_mix(self) -> np.ndarray:
+        """[len(LABELS)] the gold label mix of a drawn prompt in expectation: each class's
+        probability spread over its records' labels (with by=('label',) and power 0, the
+        records' own label mix)."""
+        mix = np.zeros(len(st.LABELS), dtype=np.float64)
+        for prob, members in zip(self.class_probs, self._members):
+            for i in members:
+                label = self.records[i].get("label")
+                if label not in st.LABELS:
+                    raise ValueError(f"record {i} has label {label!r}, not one of {st.LABELS}")
+                mix[st.LABELS.index(label)] += prob / members.size
+        return mix
+
     def label_cv(self, indices: Sequence[int]) -> float:
         """Coefficient of variation of the label counts of the records at `indices`."""
         return label_cv([self.records[i]["label"] for i in indices])

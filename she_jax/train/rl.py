@@ -39,6 +39,7 @@ from she_jax import parallel
 from she_jax.data import sources
 from she_jax.eval import evaluate
 from she_jax.models import transformer
+from she_jax.rewards import label_prior
 from she_jax.rl import filtering, losses
 from she_jax.train import bootstrap, loop, selection
 from she_jax.train.rl_feed import (  # re-exported: the trainers and tests use rl.<name>
@@ -88,6 +89,10 @@ def rl_section() -> ml_collections.ConfigDict:
     c.advantage.after_error = 0.5  # weight of steps after the first error
     c.advantage.consensus = 0.5  # weight of steps the whole group agrees on
     c.filter = filtering.filtering_config()
+    # Label-prior matching (she_jax.rewards.label_prior): each rollout's reward also gets
+    # -weight * log(q_c / pi_c) for its label c, q the pool's predicted mix, pi the gold
+    # mix the prompt sampler draws; keeps RL from drifting the label mix (0 = off).
+    c.label_prior = label_prior.label_prior_config()
     # SFT anchor: each update also takes `weight` x the token-mean NLL of a batch of gold
     # CoTs (the `split` records rendered in the run's order), so RL sharpens the policy
     # without forgetting the rules the reward rarely exercises (relevance-RL practice; 0 =

@@ -25,6 +25,7 @@ import numpy as np
 from she_jax import parallel, sampling, special_tokens as st
 from she_jax.data import loader
 from she_jax.models import transformer
+from she_jax.rewards import label_prior
 from she_jax.rl import advantages as adv_lib
 from she_jax.rl import filtering, losses, rollout as rollout_lib
 from she_jax.rl.rollout import Rollouts
@@ -179,6 +180,13 @@ class RLFeed:
         self.seed = int(config.seed)
         self.prompt_sampler = filtering.pool_sampler(
             self.records, rl.prompts_per_step, int(config.data_seed), rl.filter)
+        # The label-prior term (she_jax.rewards.label_prior); configs of runs made before
+        # it existed have no section: off.
+        self.label_prior = rl.get("label_prior", label_prior.label_prior_config())
+        label_prior.check_config(self.label_prior)
+        target = tuple(self.label_prior.target or ())
+        self.prior_target = (label_prior.check_target(target, "config.rl.label_prior.target")
+                             if target else self.prompt_sampler.expected_label_mix())
         self.sampler = sampling.Sampler(model_config, sampling.SamplingConfig(
             temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
@@ -292,11 +300,21 @@ class RLFeed:
         scored = self.scorer(rollouts)
         _check_finite_rewards(scored, index)
         label_metrics = label_mix_metrics(rollouts)
+        own_labels = [[p.label for p in row] for row in rollouts.parsed]
         replay_metrics: dict[str, float] = {}
         if self.replay is not None:  # before filtering: all-wrong groups are what it is for
             rollouts, scored, replay_metrics = self.replay(
                 rollouts, scored, self.params, jax.random.fold_in(rng, 1))
             _check_finite_rewards(scored, index)
+        # The label-prior term: q from the policy's own samples, the term on the final pool.
+        shaping, prior_metrics = label_prior.prior_shaping(
+            own_labels, self.prior_target, self.label_prior,
+            apply_to=[[p.label for p in row] for row in rollouts.parsed])
+        label_metrics.update(prior_metrics)
+        if self.label_prior.weight > 0:
+            scored = dataclasses.replace(
+                scored, rewards=scored.rewards + shaping,
+                per_rollout={**scored.per_rollout, "prior_shaping": shaping})
         chosen, valid, filter_metrics = filtering.filter_groups(
             _filter_rewards(scored), scored.correct, rollouts.parsed, rollouts.records,
             rl.prompts_per_step, rl.filter, host_rng)
