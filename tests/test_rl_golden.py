@@ -205,3 +205,36 @@ def test_ratio_uses_the_policy_logprobs_whatever_the_sampling_settings(tmp_path)
     for row in rows:
         assert abs(row["ratio_min"] - 1.0) < 1e-5 and abs(row["ratio_max"] - 1.0) < 1e-5, row
         assert row["clip_fraction"] == 0.0
+
+
+def test_label_prior_term_stops_the_collapse_from_a_prior_only_start(tmp_path):
+    """From a start that answers the gold prior whatever the context, plain GRPO collapses
+    onto the majority label (the failure the tiny ladder showed); with the label-prior term
+    (rl.label_prior.weight) the predicted mix stays near gold and the context is learnt.
+    Measured: without 1.00 L4, accuracy 0.50; with weight 0.5, TV 0.10, accuracy 0.71."""
+    prompt_len = rollout_lib.prompt_length_for(TRAIN, _WordTokenizer())
+    start = _start_policy(prompt_len, context_weight=0.0)
+    assert _tv(_label_mix(start, HELD_OUT, prompt_len), GOLD_MIX) < 0.02
+    plain, _, _ = _grpo(tmp_path / "plain", start, _bandit_scorer("correct"), updates=80,
+                        lr=1e-2)
+    prior, rows, _ = _grpo(tmp_path / "prior", start, _bandit_scorer("correct"), updates=80,
+                           lr=1e-2, prior_weight=0.5)
+    plain_mix, prior_mix = (_label_mix(p, HELD_OUT, prompt_len) for p in (plain, prior))
+    assert plain_mix[0] > 0.9, plain_mix  # the collapse, without the term
+    assert _tv(prior_mix, GOLD_MIX) < 0.2, prior_mix
+    plain_acc, prior_acc = (_expected_accuracy(p, HELD_OUT, prompt_len) for p in (plain, prior))
+    assert prior_acc > plain_acc + 0.1, (plain_acc, prior_acc)
+    # The driver logs the pool's estimated mix and its KL to the target.
+    kl = [r["prior/kl"] for r in rows if "prior/kl" in r]
+    assert len(kl) == 80 and all(np.isfinite(kl)), kl
+
+
+def test_label_prior_term_keeps_learning_from_a_half_trained_start(tmp_path):
+    """On the golden task the term costs nothing where the mix is already right: measured
+    accuracy 0.98 (0.98 without), mix within 0.003 of gold."""
+    prompt_len = rollout_lib.prompt_length_for(TRAIN, _WordTokenizer())
+    start = _start_policy(prompt_len, context_weight=0.5)
+    params, _, _ = _grpo(tmp_path, start, _bandit_scorer("correct"), updates=40,
+                         prior_weight=0.5)
+    assert _expected_accuracy(params, HELD_OUT, prompt_len) > 0.9
+    assert _tv(_label_mix(params, HELD_OUT, prompt_len), GOLD_MIX) < 0.05
