@@ -105,3 +105,15 @@ def test_expected_label_mix_when_balancing_by_another_key():
     sampler = filtering.ClassBalancedSampler(records, 4, seed=0, power=1.0, by=("query_type",))
     # each type half the draws; within type a, L4:L2 = 3:1
     np.testing.assert_allclose(sampler.expected_label_mix(), [0.375, 0.0, 0.125, 0.5])
+
+
+def test_sampler_target_gives_a_label_missing_from_the_pool_a_finite_term():
+    # A curriculum pool of easy head-type prompts may hold no L3 at all.
+    target = label_prior.sampler_target([0.6, 0.0, 0.4, 0.0])
+    assert target.min() > 0 and target.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(target[[0, 2]] / target[[0, 2]].sum(), [0.6, 0.4], rtol=1e-3)
+    shaping, metrics = label_prior.prior_shaping([["L4", "L3", "L2", "L2"]], target, _config(0.5))
+    assert np.isfinite(shaping).all() and np.isfinite(metrics["prior/kl"])
+    assert shaping[0, 1] < shaping[0, 0]  # writing the absent label is pushed down hardest
+    with pytest.raises(ValueError, match="label mix"):
+        label_prior.sampler_target([0.0, 0.0, 0.0, 0.0])

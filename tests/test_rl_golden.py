@@ -114,7 +114,8 @@ def _bandit_scorer(reward_kind, seed=0):
 
 
 def _grpo(workdir, params, scorer, *, updates, lr=3e-3, balance_power=0.0, temperature=1.0,
-          top_k=0, drop_zero_variance=True, kl_beta=0.0, entropy_coef=0.0, prior_weight=0.0):
+          top_k=0, drop_zero_variance=True, kl_beta=0.0, entropy_coef=0.0, prior_weight=0.0,
+          records=TRAIN):
     config = grpo_config.get_config()
     config.rl.update(prompts_per_step=8, group_size=8, max_new_tokens=1, samples_every=0,
                      temperature=temperature, top_k=top_k)
@@ -130,7 +131,7 @@ def _grpo(workdir, params, scorer, *, updates, lr=3e-3, balance_power=0.0, tempe
     step = loop.make_train_step(
         losses.make_policy_loss_fn(MODEL, rl.policy_loss_config(config.rl.loss, 1)),
         tx, learning_rate_fn=lr_fn)
-    feed = rl.RLFeed(config=config, workdir=str(workdir), records=TRAIN,
+    feed = rl.RLFeed(config=config, workdir=str(workdir), records=records,
                      tokenizer=_WordTokenizer(), model_config=MODEL, scorer=scorer,
                      order="think_first",
                      ref_params=jax.tree.map(jnp.copy, params) if kl_beta else None)
@@ -238,3 +239,18 @@ def test_label_prior_term_keeps_learning_from_a_half_trained_start(tmp_path):
                          prior_weight=0.5)
     assert _expected_accuracy(params, HELD_OUT, prompt_len) > 0.9
     assert _tv(_label_mix(params, HELD_OUT, prompt_len), GOLD_MIX) < 0.05
+
+
+def test_label_prior_term_runs_on_a_pool_without_some_label(tmp_path):
+    """A prompt pool may lack a label (a curriculum stage of easy prompts): the driver's
+    target then gives that label a small floor of mass, and the run stays finite, with the
+    term off (the default: metrics only) and on."""
+    prompt_len = rollout_lib.prompt_length_for(TRAIN, _WordTokenizer())
+    start = _start_policy(prompt_len, context_weight=0.5)
+    no_l3 = [r for r in TRAIN if r["label"] != "L3"]
+    for weight in (0.0, 0.5):
+        _, rows, _ = _grpo(tmp_path / f"w{weight}", start, _bandit_scorer("correct"),
+                           updates=3, prior_weight=weight, records=no_l3)
+        kl = [r["prior/kl"] for r in rows if "prior/kl" in r]
+        assert len(kl) == 3 and np.isfinite(kl).all(), kl
+        assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)

@@ -19,8 +19,9 @@ ranks the rollouts' labels, wrong ones included, so it acts on the group advanta
 Rollouts without a label get no term (the outcome reward already makes them wrong).
 
 `pi` is the gold label mix the prompt sampler draws in expectation
-(`ClassBalancedSampler.expected_label_mix`): the data's own mix with natural-prior
-sampling, flatter with class-balanced sampling.
+(`ClassBalancedSampler.expected_label_mix`, every label floored at 1e-3 by
+`sampler_target`): the data's own mix with natural-prior sampling, flatter with
+class-balanced sampling.
 """
 
 from __future__ import annotations
@@ -69,6 +70,20 @@ def check_target(target: Sequence[float], name: str) -> np.ndarray:
             or abs(values.sum() - 1.0) > 1e-3:
         raise ValueError(f"{name} must be {len(LABELS)} probabilities > 0 over {LABELS} "
                          f"summing to 1, got {tuple(target)!r}")
+    return values / values.sum()
+
+
+def sampler_target(mix: Sequence[float], floor: float = 1e-3) -> np.ndarray:
+    """The target pi from a sampler's expected gold mix: every label gets at least `floor`
+    of mass before renormalising, so a prompt pool without some label (a curriculum stage
+    of easy head-type prompts may hold no L3) gives a finite term (a rollout writing that
+    label is pushed away from it, strongly) instead of log(q / 0)."""
+    values = np.asarray(tuple(mix), dtype=np.float64)
+    if values.shape != (len(LABELS),) or not np.isfinite(values).all() or (values < 0).any() \
+            or values.sum() <= 0:
+        raise ValueError(f"a label mix must be {len(LABELS)} finite non-negative weights, not "
+                         f"all 0, got {tuple(mix)!r}")
+    values = values / values.sum() + floor
     return values / values.sum()
 
 

@@ -186,7 +186,8 @@ class RLFeed:
         label_prior.check_config(self.label_prior)
         target = tuple(self.label_prior.target or ())
         self.prior_target = (label_prior.check_target(target, "config.rl.label_prior.target")
-                             if target else self.prompt_sampler.expected_label_mix())
+                             if target else label_prior.sampler_target(
+                                 self.prompt_sampler.expected_label_mix()))
         self.sampler = sampling.Sampler(model_config, sampling.SamplingConfig(
             temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
