@@ -27,12 +27,12 @@ class-balanced sampling.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-import math
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from she_jax.rewards import outcome
 from she_jax.special_tokens import LABELS
 
 
@@ -50,10 +50,7 @@ def label_prior_config() -> ml_collections.ConfigDict:
 def check_config(config: Mapping[str, Any], prefix: str = "config.rl.label_prior.") -> None:
     """ValueError naming the bad key."""
     for key in ("weight", "smoothing"):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{prefix}{key} must be a finite number >= 0, got {value!r}")
+        outcome.check_number(config, key, low=0.0, prefix=prefix)
     if config["weight"] > 0 and config["smoothing"] <= 0:
         raise ValueError(f"{prefix}smoothing must be > 0 while {prefix}weight > 0 (a label "
                          "no rollout wrote would get log 0)")
