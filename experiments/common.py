@@ -31,6 +31,9 @@ def base_config(name: str, trainer: str, arg: str | None) -> ml_collections.Conf
     c.trainer = trainer  # experiments.registry.TRAINERS key
     c.init_from = ""  # prerequisite config name; experiments.run builds it first
     c.init_dir = ""  # its run directory (filled in by experiments.run from init_from)
+    # Which policy of that run to start from: 'last' (its final update) or 'best' (its
+    # dev-selected policy, <run>/best, which a run keeps with eval.select_every > 0).
+    c.init_checkpoint = "last"
     c.data = data_config()
     c.data_seed = 0  # data order (shuffling) seed, separate from the init seed
     # Prerequisites (init_from, prerequisites) inherit this run's seed, data_seed, data

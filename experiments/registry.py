@@ -30,6 +30,7 @@ TRAINERS: dict[str, str] = {
 
 EXPERIMENTS_DIR = os.path.dirname(os.path.abspath(__file__))
 RUNS_DIR = os.environ.get("SHE_JAX_RUNS", "runs")
+INIT_CHECKPOINTS = ("last", "best")  # config.init_checkpoint
 
 
 def default_workdir(config: ml_collections.ConfigDict) -> str:
@@ -207,7 +208,8 @@ def build_prerequisites(config: ml_collections.ConfigDict) -> None:
     """Builds what a config starts from, when not already finished.
 
     config.init_from: the run whose model (and tokenizer) this one starts from; its
-      directory fills config.init_dir (unless init_dir is given: then nothing is built).
+      directory fills config.init_dir (unless init_dir is given: then nothing is built);
+      config.init_checkpoint='best' makes it that run's dev-selected policy (<run>/best).
     config.prerequisites: {config name: dotted key} of further runs this one reads (e.g.
       the reward model: {'genrm': 'srpo.genrm_dir'}); each directory fills its key, unless
       the key is already set, or the trainer's `needs_prerequisite(config, name)` says the
@@ -219,6 +221,14 @@ def build_prerequisites(config: ml_collections.ConfigDict) -> None:
     prerequisite = config.get("init_from", None)
     if prerequisite and not config.get("init_dir"):  # a given init_dir is used as is
         parent_workdir = _build(prerequisite, variant, config)
+        which = config.get("init_checkpoint", "last")
+        if which not in INIT_CHECKPOINTS:
+            raise ValueError(f"config.init_checkpoint={which!r}; choose from "
+                             f"{INIT_CHECKPOINTS}")
+        if which == "best":
+            from she_jax.train import selection
+
+            parent_workdir = selection.best_run_dir(parent_workdir)
         with config.unlocked():
             config.init_dir = parent_workdir
     needs = getattr(trainer_module(config.trainer), "needs_prerequisite", None)

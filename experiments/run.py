@@ -28,6 +28,7 @@ from ml_collections import config_flags
 
 from experiments import registry
 from she_jax import parallel
+from she_jax.train.selection import BEST_DIR, SELECTION_FILE
 from she_jax.train import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -86,7 +87,8 @@ def sft_root(workdir: str) -> str | None:
 def print_vs_sft(workdir: str, n_resamples: int = 1000) -> dict | None:
     """Prints the finished run beside the SFT run it started from (`--vs_sft`) and writes
     the paired report to <workdir>/vs_sft/; returns the report (None when there is no SFT
-    start or no evaluation to compare)."""
+    start or no evaluation to compare). A run that kept a dev-selected policy
+    (<workdir>/best, eval.select_every) has it printed as a third column, with its step."""
     from she_jax.eval import compare
     from she_jax.eval.reeval import reevaluate, splits_to_evaluate
 
@@ -109,32 +111,51 @@ def print_vs_sft(workdir: str, n_resamples: int = 1000) -> dict | None:
     with open(os.path.join(workdir, "config.json")) as f:
         name = json.load(f).get("name") or "final"
     name = name if name != "sft" else "final"
-    report = compare.build_report([f"sft={root}", f"{name}={workdir}"],
-                                  out_dir=os.path.join(workdir, VS_SFT_DIR), baseline="sft",
-                                  n_resamples=n_resamples, metrics_keys=())
-    print(format_vs_sft(report, name, root, workdir), flush=True)
+    runs = [f"sft={root}", f"{name}={workdir}"]
+    best_dir = os.path.join(workdir, BEST_DIR)
+    selected = None
+    if os.path.isfile(os.path.join(best_dir, "eval.json")):
+        with open(os.path.join(best_dir, SELECTION_FILE)) as f:
+            selected = json.load(f)
+        runs.append(f"{name}_best={best_dir}")
+    report = compare.build_report(runs, out_dir=os.path.join(workdir, VS_SFT_DIR),
+                                  baseline="sft", n_resamples=n_resamples, metrics_keys=())
+    print(format_vs_sft(report, name, root, workdir, selected), flush=True)
     return report
 
 
-def format_vs_sft(report: dict, name: str, root: str, workdir: str) -> str:
-    """The side-by-side table of `print_vs_sft` (macro-F1 and accuracy in %)."""
+def format_vs_sft(report: dict, name: str, root: str, workdir: str,
+                  selected: dict | None = None) -> str:
+    """The side-by-side table of `print_vs_sft` (macro-F1 and accuracy in %): the SFT start,
+    the run's last policy and, with `selected` (best/selection.json), its dev-selected one."""
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    names = [name] + ([f"{name}_best"] if selected is not None else [])
     rows = [f"SFT start ({root}) and {name} ({workdir}), macro-F1 and accuracy in %; "
-            "difference paired on the same examples, 95 % bootstrap interval:",
-            f"{'split':<17} {'n':>5} {'SFT F1':>7} {'F1':>6} {'diff [95% CI]':>22} "
-            f"{'SFT acc':>8} {'acc':>6}"]
+            "difference paired on the same examples, 95 % bootstrap interval:"]
+    if selected is not None:
+        steps = ", ".join(f"{h['step']}: {100 * h['value']:.1f}" for h in selected["history"])
+        rows.append(f"{name}_best = {workdir}/{BEST_DIR}, the policy of step {selected['step']}"
+                    f", chosen on {selected['n']} {selected['split']} examples by macro-F1 "
+                    f"(step: value  {steps}); {name} = the last update's policy")
+    kinds = ["best" if each.endswith("_best") else "last" for each in names]
+    header = f"{'split':<17} {'n':>5} {'SFT F1':>7}" + "".join(
+        f" {kind + ' F1':>7} {'diff [95% CI]':>22}" for kind in kinds)
+    header += f" {'SFT acc':>8}" + "".join(f" {kind + ' acc':>8}" for kind in kinds)
+    rows.append(header)
     for split, cells in report["splits"].items():
-        if "sft" not in cells or name not in cells:
+        if "sft" not in cells or any(each not in cells for each in names):
             continue
-        a, b = cells["sft"]["metrics"], cells[name]["metrics"]
-        paired = (report["paired"].get(split) or {}).get(name) or {}
-        d = (paired.get("metrics") or {}).get("macro_f1") or {}
-        diff = ("-" if d.get("diff") is None else
-                f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]")
-        rows.append(f"{split:<17} {paired.get('n_examples', cells[name]['n_examples']):>5} "
-                    f"{pct(a['macro_f1']['mean']):>7} {pct(b['macro_f1']['mean']):>6} "
-                    f"{diff:>22} {pct(a['accuracy']['mean']):>8} "
-                    f"{pct(b['accuracy']['mean']):>6}")
+        paired_split = report["paired"].get(split) or {}
+        n = (paired_split.get(name) or {}).get("n_examples", cells[name]["n_examples"])
+        row = f"{split:<17} {n:>5} {pct(cells['sft']['metrics']['macro_f1']['mean']):>7}"
+        for each in names:
+            d = ((paired_split.get(each) or {}).get("metrics") or {}).get("macro_f1") or {}
+            diff = ("-" if d.get("diff") is None else
+                    f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]")
+            row += f" {pct(cells[each]['metrics']['macro_f1']['mean']):>7} {diff:>22}"
+        row += f" {pct(cells['sft']['metrics']['accuracy']['mean']):>8}" + "".join(
+            f" {pct(cells[each]['metrics']['accuracy']['mean']):>8}" for each in names)
+        rows.append(row)
     return "\n".join(rows)
 
 

@@ -71,6 +71,20 @@ def test_mistyped_config_key_is_an_error():
     assert "totl_steps" in result.stderr
 
 
+def _fake_finished_run(config, workdir):
+    """What a finished run leaves for its prerequisite check: eval.json, and best/ as a
+    run directory when the config selects a checkpoint on dev (the SRPO stages do)."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+        f.write("{}")
+    if config.eval.get("select_every", 0):
+        for part in ("model", "tokenizer"):
+            os.makedirs(os.path.join(workdir, "best", part))
+        for part in ("eval.json", "config.json"):
+            with open(os.path.join(workdir, "best", part), "w") as f:
+                f.write("{}")
+
+
 def test_srpo_stage3_builds_its_whole_chain_in_order(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "RUNS_DIR", str(tmp_path))
     built = []
@@ -78,9 +92,7 @@ def test_srpo_stage3_builds_its_whole_chain_in_order(tmp_path, monkeypatch):
     def fake_run(config, workdir):
         built.append((config.name, tuple(config.eval.splits), config.eval.max_examples,
                       config.get("init_dir", "")))
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "eval.json"), "w") as f:
-            f.write("{}")
+        _fake_finished_run(config, workdir)
 
     monkeypatch.setattr(registry, "run_config", fake_run)
     config = registry.load_config("srpo_stage3")
@@ -90,12 +102,14 @@ def test_srpo_stage3_builds_its_whole_chain_in_order(tmp_path, monkeypatch):
     assert names == ["sft_think", "srpo_stage1", "srpo_stage2"]  # verifier steps: no genrm
     # Prerequisites are evaluated on part of dev only; the target keeps its full eval.
     assert all(b[1] == registry.PREREQUISITE_EVAL_SPLITS for b in built)
-    assert config.init_dir == str(tmp_path / "srpo_stage2")
+    # Each stage starts from the one before's dev-selected policy (SFT's last for stage 1).
+    assert config.init_dir == str(tmp_path / "srpo_stage2" / "best")
+    assert [b[3] for b in built if b[0] == "srpo_stage1"] == [str(tmp_path / "sft_think")]
     assert config.srpo.genrm_dir == ""
     assert config.curriculum.difficulty_dir == str(tmp_path / "sft_think")
     assert "test_longtail" in config.eval.splits
     stage2 = [b for b in built if b[0] == "srpo_stage2"][0]
-    assert stage2[3] == str(tmp_path / "srpo_stage1")
+    assert stage2[3] == str(tmp_path / "srpo_stage1" / "best")
     # A second call finds everything finished and builds nothing.
     built.clear()
     registry.build_prerequisites(registry.load_config("srpo_stage3"))
@@ -125,9 +139,7 @@ def _recording_run(built):
                       "data_seed": config.data_seed, "dtype": config.model.dtype,
                       "world_seed": config.data.world_overrides.seed,
                       "max_examples": config.data.max_examples_per_split})
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "eval.json"), "w") as f:
-            f.write("{}")
+        _fake_finished_run(config, workdir)
     return fake_run
 
 
@@ -146,7 +158,7 @@ def test_seeds_and_data_reach_the_prerequisites(tmp_path, monkeypatch):
     assert [b["workdir"] for b in built] == [
         str(tmp_path / f"{name}_world1_seed1")
         for name in ("sft_think", "srpo_stage1", "srpo_stage2")]
-    assert config.init_dir == str(tmp_path / "srpo_stage2_world1_seed1")
+    assert config.init_dir == str(tmp_path / "srpo_stage2_world1_seed1" / "best")
     assert config.curriculum.difficulty_dir == str(tmp_path / "sft_think_world1_seed1")
 
     # prerequisite_seed pins the whole chain to one start; other data fields get a hash.

@@ -9,11 +9,11 @@ import pytest
 
 from experiments import agrl as agrl_config, dpo as dpo_config, grpo as grpo_config
 from experiments import registry, sft_think as sft_config, srpo_stage1
-from she_jax import special_tokens as st
+from she_jax import run_dir as run_dir_lib, special_tokens as st
 from she_jax.eval import report
 from she_jax.models import transformer
 from she_jax.rl import curriculum, losses
-from she_jax.train import loop, metrics as metrics_lib, optim, rl
+from she_jax.train import loop, metrics as metrics_lib, optim, rl, selection
 from she_jax.train.dpo import build_pairs, pass_at_k
 from she_jax.train.state import create_train_state
 from tiny_runs import WordTokenizer as _WordTokenizer
@@ -279,9 +279,14 @@ def test_grpo_with_anchor_keeps_the_best_dev_checkpoint(sft_run):
     with open(os.path.join(workdir, "best", "selection.json")) as f:
         chosen = json.load(f)
     values = [h["value"] for h in chosen["history"]]
-    assert [h["step"] for h in chosen["history"]] == [1, 2, 3] and chosen["n"] == 8
+    # The start (step 0) is scored before the first update: a candidate too.
+    assert [h["step"] for h in chosen["history"]] == [0, 1, 2, 3] and chosen["n"] == 8
     assert chosen["value"] == max(values)
-    assert chosen["step"] == 1 + values.index(max(values))  # the first of equal bests
+    assert chosen["step"] == values.index(max(values))  # the first of equal bests
+    # best/ is a run directory a later run can start from: model, its tokenizer, config.
+    best_dir = selection.best_run_dir(workdir)
+    model_config, params = run_dir_lib.load_model(best_dir)  # checks the tokenizer's print
+    assert run_dir_lib.load_tokenizer(best_dir).vocab_size == model_config.vocab_size
     best_eval = report.read_eval_json(os.path.join(workdir, "best", "eval.json"))
     assert best_eval["splits"]["test_head"]["n"] == 8
     with open(os.path.join(workdir, "best", "config.json")) as f:

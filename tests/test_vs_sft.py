@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -54,3 +55,43 @@ def test_run_printed_beside_its_sft_start_on_the_same_examples(tmp_path, capsys)
     before = os.path.getmtime(os.path.join(sft_dir, "eval.json"))
     run.print_vs_sft(final_dir, n_resamples=50)
     assert os.path.getmtime(os.path.join(sft_dir, "eval.json")) == before
+
+
+def test_dev_selected_policy_printed_as_a_third_column(tmp_path, capsys):
+    """A run that kept a dev-selected policy (<run>/best) gets it printed beside SFT and the
+    last policy, with the step it came from; here the selection kept the start, so its
+    paired difference against SFT is exactly zero on every split."""
+    sft_dir = str(tmp_path / "sft")
+    tiny_runs.build_sft_run(sft_dir, order="think_first")
+    final = tiny_runs.tiny_sft_config(order="think_first")
+    final.init_dir = sft_dir
+    final.optimizer.total_steps = 2
+    final.eval.splits = ("dev",)
+    final.eval.max_examples = 0
+    final_dir = str(tmp_path / "final")
+    registry.run_config(final, final_dir)
+    config = json.load(open(os.path.join(final_dir, "config.json")))
+    config.update(name="stage", trainer="srpo")  # an RL stage on top of the SFT start
+    json.dump(config, open(os.path.join(final_dir, "config.json"), "w"))
+    run.print_vs_sft(final_dir, n_resamples=50)  # evaluates the start on the run's splits
+    best = os.path.join(final_dir, "best")
+    os.makedirs(best)
+    for name in ("eval.json", "predictions.jsonl"):
+        shutil.copyfile(os.path.join(sft_dir, name), os.path.join(best, name))
+    json.dump({**config, "checkpoint_selection": "best_dev"},
+              open(os.path.join(best, "config.json"), "w"))
+    json.dump({"split": "dev", "metric": "macro_f1", "n": 32, "step": 0, "value": 0.4,
+               "history": [{"step": 0, "value": 0.4}, {"step": 2, "value": 0.3}]},
+              open(os.path.join(best, "selection.json"), "w"))
+    capsys.readouterr()
+    report = run.print_vs_sft(final_dir, n_resamples=50)
+    out = capsys.readouterr().out
+    assert "the policy of step 0, chosen on 32 dev examples" in out
+    assert "(step: value  0: 40.0, 2: 30.0)" in out
+    paired = report["paired"]["dev"]
+    assert paired["stage_best"]["metrics"]["macro_f1"]["diff"] == pytest.approx(0.0)
+    last = paired["stage"]["metrics"]["macro_f1"]
+    row = [line for line in out.splitlines() if line.startswith("dev ")]
+    assert len(row) == 1
+    assert f"{100 * last['diff']:+.1f}" in row[0] and "+0.0 [+0.0, +0.0]" in row[0]
+    assert "best F1" in out and "last F1" in out

@@ -52,7 +52,10 @@ def eval_section() -> ml_collections.ConfigDict:
     # is evaluated on the first `select_examples` of `select_split`; the best by macro-F1 is
     # kept and, after training, evaluated like the last one into <workdir>/best/ (the step
     # it came from in best/selection.json). Choose on dev, compare on the test splits.
+    # With `select_start` the starting policy (step 0) is a candidate too, so a run whose
+    # updates only lower the dev score keeps its start as best/ (ties go to the earlier).
     c.select_every = 0
+    c.select_start = True
     c.select_split = "dev"
     c.select_examples = 256
     return c

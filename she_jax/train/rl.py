@@ -199,6 +199,8 @@ def train_rl(config: ml_collections.ConfigDict, workdir: str, *,
     state, step_fn = bootstrap.train_state_and_step(config, params, loss_fn, mesh, rules)
     selector = (selection.DevSelector(config, workdir, model_config, tokenizer, splits, order)
                 if config.eval.get("select_every", 0) else None)
+    if selector is not None and selector.needs_start():  # the start is a candidate too
+        _on_main_process(selector)(state)
     state = loop.train_loop(
         train_step=step_fn, state=state, data=feed, workdir=workdir, total_steps=total_steps,
         log_every=config.log_every, checkpoint_every=config.checkpoint.every,

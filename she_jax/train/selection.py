@@ -4,10 +4,13 @@ RL runs are noisy: the last update is not always the best policy the run passed 
 `DevSelector` is the train loop's `eval_fn`: every `eval.select_every` updates it scores
 the policy (greedy, macro-F1 on the first `eval.select_examples` of `eval.select_split`),
 and when the score beats the best so far it saves those params to <workdir>/best/model
-(Hugging Face form) and records {step, value, history} in <workdir>/best/selection.json,
-which also makes the choice survive a resume. After training, `finish` evaluates the best
-policy like the last one into <workdir>/best/ (eval.json, predictions.jsonl, a config.json
-marked `checkpoint_selection: best_<split>`), so the cross-run report can read it as a run.
+(Hugging Face form, with the run's tokenizer) and records {step, value, history} in
+<workdir>/best/selection.json, which also makes the choice survive a resume. With
+`eval.select_start` the trainer scores the starting policy first (`score_start`), so it is a
+candidate too. After training, `finish` evaluates the best policy like the last one into
+<workdir>/best/ (eval.json, predictions.jsonl, a config.json marked `checkpoint_selection:
+best_<split>`): a complete run directory, which the cross-run report reads as a run and a
+later run can start from (`best_run_dir`; experiments' `init_checkpoint='best'`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from she_jax import run_dir as run_dir_lib
 from she_jax.eval import evaluate
 from she_jax.models import hf, transformer
 
@@ -67,11 +71,20 @@ class DevSelector:
         self.best["history"].append({"step": step, "value": value})
         if self.best["value"] is None or value > self.best["value"] or self.best["step"] > step:
             self.best.update(step=step, value=value)
-            hf.save_hf(self.model_config, params, os.path.join(self.dir, "model"))
+            tokenizer_dir = os.path.join(self.dir, run_dir_lib.TOKENIZER_DIR)
+            if not os.path.isdir(tokenizer_dir):  # best/ is a run directory of its own
+                shutil.copytree(os.path.join(self.workdir, run_dir_lib.TOKENIZER_DIR),
+                                tokenizer_dir)
+            run_dir_lib.export_model(self.dir, self.model_config, params)
             logging.info("selection: new best %s macro-F1 %.4f at step %d",
                          self.best["split"], value, step)
         self._write()
         return {"select_macro_f1": value, "select_best_step": float(self.best["step"])}
+
+    def needs_start(self) -> bool:
+        """True when `eval.select_start` asks for the starting policy to be scored and no
+        evaluation has been recorded yet (a resumed run has scored its start already)."""
+        return bool(self.config.eval.get("select_start", False)) and not self.best["history"]
 
     def _write(self) -> None:
         os.makedirs(self.dir, exist_ok=True)
@@ -100,3 +113,17 @@ class DevSelector:
                                           self.model_config.dtype)
         return evaluate.evaluate_run(config, self.dir, model_config, params, self.tokenizer,
                                      splits, order=self.order)
+
+
+def best_run_dir(workdir: str) -> str:
+    """<workdir>/best, the run's dev-selected policy as a run directory; raises
+    FileNotFoundError naming what is missing when the run kept none."""
+    path = os.path.join(workdir, BEST_DIR)
+    for name in (run_dir_lib.EVAL_FILE, run_dir_lib.CONFIG_FILE, run_dir_lib.MODEL_DIR,
+                 run_dir_lib.TOKENIZER_DIR):
+        if not os.path.exists(os.path.join(path, name)):
+            raise FileNotFoundError(
+                f"{os.path.join(path, name)} does not exist: {workdir} kept no dev-selected "
+                "policy (run it with config.eval.select_every > 0), or start from its last "
+                "policy with config.init_checkpoint='last'")
+    return path
