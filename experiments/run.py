@@ -13,7 +13,9 @@ exit code 128 + the signal's number; the same command resumes it.
 
 A run that starts from an SFT run (directly, or through a chain such as SRPO's stages) ends
 by printing the two side by side (`--vs_sft`, on by default): per split, macro-F1 and
-accuracy of both and the paired difference with its 95 % interval.
+accuracy of both and the paired difference with its 95 % interval; a run that kept a
+dev-selected policy (<workdir>/best, `config.eval.select_every`) gets it as a third column,
+with the step it came from and the dev score of every step scored.
 """
 
 from __future__ import annotations

@@ -33,10 +33,12 @@ def srpo_stage_config(stage: int, arg: str | None) -> ml_collections.ConfigDict:
     c.rl.filter.type_balance = 0.5
     c.rl.filter.label_balance = 0.5
     # Checkpoint selection on dev: every stage scores its start and every 30 updates on 500
-    # dev examples, keeps the best as <run>/best, and the next stage starts from it; stage
-    # 3's best is the chain's result (`experiments.run` prints it beside SFT and the last).
+    # dev examples, keeps the best as <run>/best (a later policy only when it is better with
+    # a paired 95 % interval above 0), and the next stage starts from it; stage 3's best is
+    # the chain's result (`experiments.run` prints it beside SFT and the last policy).
     c.eval.select_every = 30
     c.eval.select_examples = 500
+    c.eval.select_significant = True
     if stage > 1:
         c.init_checkpoint = "best"
     if stage == 1:  # easy prompts of the common query types

@@ -27,9 +27,14 @@ def _selector(sft_dir, workdir, monkeypatch, values):
     os.makedirs(workdir, exist_ok=True)
     if not os.path.isdir(os.path.join(workdir, "tokenizer")):
         shutil.copytree(os.path.join(sft_dir, "tokenizer"), os.path.join(workdir, "tokenizer"))
-    scores = iter(values)
-    monkeypatch.setattr(evaluate, "evaluate_records", lambda *a, **k: (
-        {"dev": {"macro_f1": next(scores)}}, None))
+    scores = iter(values)  # a macro-F1 value, or (value, y_true, y_pred) per call
+
+    def fake_evaluate(*args, **kwargs):
+        score = next(scores)
+        value, y_true, y_pred = score if isinstance(score, tuple) else (score, [0], [0])
+        return ({"dev": {"macro_f1": value}},
+                {"dev": {"y_true": np.asarray(y_true), "y_pred": np.asarray(y_pred)}})
+    monkeypatch.setattr(evaluate, "evaluate_records", fake_evaluate)
     config = tiny_runs.tiny_sft_config(order="think_first")
     config.eval.update(select_every=1, select_split="dev", select_examples=4)
     model_config, params = run_dir_lib.load_model(sft_dir)
@@ -126,3 +131,40 @@ def test_init_checkpoint_best_without_a_kept_policy_names_the_missing_file(tmp_p
         bad.init_checkpoint, bad.prerequisites = "newest", {}
     with pytest.raises(ValueError, match=r"config.init_checkpoint='newest'; choose from"):
         registry.build_prerequisites(bad)
+
+
+def test_significant_selection_needs_a_paired_interval_above_zero(sft_dir, tmp_path,
+                                                                  monkeypatch):
+    """select_significant: a policy a little better than the start on 200 examples (its
+    paired interval straddles 0) does not replace it; a clearly better one does, and the
+    next one is compared with that new best, not with the start."""
+    from she_jax.eval import resampling
+
+    y_true = np.repeat(np.arange(4), 50)
+
+    def predictions(lo, hi):  # examples lo..hi-1 of each class right, the rest wrong
+        pred = (y_true + 1) % 4
+        for c in range(4):
+            pred[np.flatnonzero(y_true == c)[lo:hi]] = c
+        return pred
+
+    def macro_f1(pred):
+        data = resampling.SplitData(ids=list(range(200)), label=y_true, pred=pred[None])
+        return float(resampling.seed_metrics(np.ones((1, 200)), data)["macro_f1"][0, 0])
+
+    # `slightly` loses 3 of the start's right answers a class and gains 5: a little better
+    # on the whole, not with confidence; `back` is below `clearly` on examples both judge.
+    start, slightly, clearly, back = (predictions(*span) for span in
+                                      ((0, 25), (3, 30), (0, 40), (10, 37)))
+    scores = [(macro_f1(p), y_true, p) for p in (start, slightly, clearly, back)]
+    selector, params = _selector(sft_dir, str(tmp_path / "rl"), monkeypatch, scores)
+    selector.significant = True
+    steps = []
+    for step in range(4):
+        out = selector(types.SimpleNamespace(step=step, params=params))
+        steps.append(int(out["select_best_step"]))
+    assert scores[1][0] > scores[0][0]  # the plain maximum would have moved at step 1
+    assert steps == [0, 0, 2, 2]
+    history = selector.best["history"]
+    assert history[1]["diff_lo"] < 0 < history[2]["diff_lo"] and history[3]["diff_lo"] < 0
+    assert selector.best["pred"] == [int(p) for p in clearly]

@@ -54,8 +54,11 @@ def eval_section() -> ml_collections.ConfigDict:
     # it came from in best/selection.json). Choose on dev, compare on the test splits.
     # With `select_start` the starting policy (step 0) is a candidate too, so a run whose
     # updates only lower the dev score keeps its start as best/ (ties go to the earlier).
+    # With `select_significant` a later policy replaces the best only when the paired 95 %
+    # bootstrap interval of its macro-F1 minus the best's (same examples) lies above 0.
     c.select_every = 0
     c.select_start = True
+    c.select_significant = False
     c.select_split = "dev"
     c.select_examples = 256
     return c

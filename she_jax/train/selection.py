@@ -6,8 +6,11 @@ the policy (greedy, macro-F1 on the first `eval.select_examples` of `eval.select
 and when the score beats the best so far it saves those params to <workdir>/best/model
 (Hugging Face form, with the run's tokenizer) and records {step, value, history} in
 <workdir>/best/selection.json, which also makes the choice survive a resume. With
-`eval.select_start` the trainer scores the starting policy first (`score_start`), so it is a
-candidate too. After training, `finish` evaluates the best policy like the last one into
+`eval.select_start` the trainer scores the starting policy first (`needs_start`), so it is a
+candidate too. With `eval.select_significant` a later policy replaces the best only when it
+is better with confidence: the paired 95 % bootstrap interval of its macro-F1 minus the
+best's, on the same selection examples, lies above 0 (on a few hundred examples a plain
+maximum over several noisy scores picks a lucky one). After training, `finish` evaluates the best policy like the last one into
 <workdir>/best/ (eval.json, predictions.jsonl, a config.json marked `checkpoint_selection:
 best_<split>`): a complete run directory, which the cross-run report reads as a run and a
 later run can start from (`best_run_dir`; experiments' `init_checkpoint='best'`).
@@ -24,13 +27,15 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from she_jax import run_dir as run_dir_lib
-from she_jax.eval import evaluate
+from she_jax.eval import evaluate, resampling
 from she_jax.models import hf, transformer
 
 BEST_DIR = "best"
 SELECTION_FILE = "selection.json"
+SIGNIFICANCE_RESAMPLES = 2000  # paired bootstrap draws of `eval.select_significant`
 
 
 class DevSelector:
@@ -46,6 +51,7 @@ class DevSelector:
         self.config, self.workdir = config, workdir
         self.model_config, self.tokenizer, self.order = model_config, tokenizer, order
         self.records = list(splits[section.select_split])
+        self.significant = bool(section.get("select_significant", False))
         if section.select_examples > 0:
             self.records = self.records[:section.select_examples]
         self.eval_config = ml_collections.ConfigDict(section.to_dict())
@@ -63,14 +69,24 @@ class DevSelector:
     def __call__(self, state: Any) -> dict[str, float]:
         step = int(jax.device_get(state.step))
         params = jax.device_get(state.params)
-        entries, _ = evaluate.evaluate_records(
+        entries, raw = evaluate.evaluate_records(
             self.model_config, params, self.tokenizer,
             {self.best["split"]: self.records}, self.order, self.eval_config)
         value = float(entries[self.best["split"]]["macro_f1"])
+        pred = [int(p) for p in raw[self.best["split"]]["y_pred"]]
         self.best["history"] = [h for h in self.best["history"] if h["step"] < step]
-        self.best["history"].append({"step": step, "value": value})
-        if self.best["value"] is None or value > self.best["value"] or self.best["step"] > step:
-            self.best.update(step=step, value=value)
+        entry = {"step": step, "value": value}
+        if self.best["value"] is None or self.best["step"] > step:
+            better = True  # the first score, or a resume re-scoring an earlier step
+        elif self.significant and self.best.get("pred") is not None:
+            lo = self._paired_lower_bound(pred, raw[self.best["split"]]["y_true"], step)
+            entry["diff_lo"] = lo
+            better = lo is not None and lo > 0.0
+        else:
+            better = value > self.best["value"]
+        self.best["history"].append(entry)
+        if better:
+            self.best.update(step=step, value=value, pred=pred)
             tokenizer_dir = os.path.join(self.dir, run_dir_lib.TOKENIZER_DIR)
             if not os.path.isdir(tokenizer_dir):  # best/ is a run directory of its own
                 shutil.copytree(os.path.join(self.workdir, run_dir_lib.TOKENIZER_DIR),
@@ -80,6 +96,19 @@ class DevSelector:
                          self.best["split"], value, step)
         self._write()
         return {"select_macro_f1": value, "select_best_step": float(self.best["step"])}
+
+    def _paired_lower_bound(self, pred: list[int], y_true: Any, step: int) -> float | None:
+        """Lower end of the paired 95 % bootstrap interval (examples resampled within gold
+        labels, `she_jax.eval.resampling`) of macro-F1(this policy) - macro-F1(the best so
+        far) on the selection examples."""
+        label = np.asarray(y_true, np.int64)
+        ids = list(range(label.size))
+        ours = resampling.SplitData(ids=ids, label=label, pred=np.asarray([pred]))
+        theirs = resampling.SplitData(ids=ids, label=label,
+                                      pred=np.asarray([self.best["pred"]]))
+        diff = resampling.paired_bootstrap(ours, theirs, SIGNIFICANCE_RESAMPLES,
+                                           np.random.default_rng(step))["macro_f1"]
+        return diff["lo"]
 
     def needs_start(self) -> bool:
         """True when `eval.select_start` asks for the starting policy to be scored and no
