@@ -116,7 +116,8 @@ def print_vs_sft(workdir: str, n_resamples: int = 1000) -> dict | None:
     runs = [f"sft={root}", f"{name}={workdir}"]
     best_dir = os.path.join(workdir, BEST_DIR)
     selected = None
-    if os.path.isfile(os.path.join(best_dir, "eval.json")):
+    if (os.path.isfile(os.path.join(best_dir, "eval.json"))
+            and os.path.isfile(os.path.join(best_dir, SELECTION_FILE))):
         with open(os.path.join(best_dir, SELECTION_FILE)) as f:
             selected = json.load(f)
         runs.append(f"{name}_best={best_dir}")

@@ -10,10 +10,11 @@ and when the score beats the best so far it saves those params to <workdir>/best
 candidate too. With `eval.select_significant` a later policy replaces the best only when it
 is better with confidence: the paired 95 % bootstrap interval of its macro-F1 minus the
 best's, on the same selection examples, lies above 0 (on a few hundred examples a plain
-maximum over several noisy scores picks a lucky one). After training, `finish` evaluates the best policy like the last one into
-<workdir>/best/ (eval.json, predictions.jsonl, a config.json marked `checkpoint_selection:
-best_<split>`): a complete run directory, which the cross-run report reads as a run and a
-later run can start from (`best_run_dir`; experiments' `init_checkpoint='best'`).
+maximum over several noisy scores picks a lucky one). After training, `finish` evaluates
+the best policy like the last one into <workdir>/best/ (eval.json, predictions.jsonl, a
+config.json marked `checkpoint_selection: best_<split>`): a complete run directory, which
+the cross-run report reads as a run and a later run can start from (`best_run_dir`;
+experiments' `init_checkpoint='best'`).
 """
 
 from __future__ import annotations
