@@ -132,7 +132,7 @@ def format_vs_sft(report: dict, name: str, root: str, workdir: str,
     """The side-by-side table of `print_vs_sft` (macro-F1 and accuracy in %): the SFT start,
     the run's last policy and, with `selected` (best/selection.json), its dev-selected one."""
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    names = [name] + ([f"{name}_best"] if selected is not None else [])
+    columns = [(name, "last")] + ([(f"{name}_best", "best")] if selected is not None else [])
     rows = [f"SFT start ({root}) and {name} ({workdir}), macro-F1 and accuracy in %; "
             "difference paired on the same examples, 95 % bootstrap interval:"]
     if selected is not None:
@@ -140,24 +140,22 @@ def format_vs_sft(report: dict, name: str, root: str, workdir: str,
         rows.append(f"{name}_best = {workdir}/{BEST_DIR}, the policy of step {selected['step']}"
                     f", chosen on {selected['n']} {selected['split']} examples by macro-F1 "
                     f"(step: value  {steps}); {name} = the last update's policy")
-    kinds = ["best" if each.endswith("_best") else "last" for each in names]
-    header = f"{'split':<17} {'n':>5} {'SFT F1':>7}" + "".join(
-        f" {kind + ' F1':>7} {'diff [95% CI]':>22}" for kind in kinds)
-    header += f" {'SFT acc':>8}" + "".join(f" {kind + ' acc':>8}" for kind in kinds)
-    rows.append(header)
+    rows.append(f"{'split':<17} {'n':>5} {'SFT F1':>7}"
+                + "".join(f" {kind + ' F1':>7} {'diff [95% CI]':>22}" for _, kind in columns)
+                + f" {'SFT acc':>8}" + "".join(f" {kind + ' acc':>8}" for _, kind in columns))
     for split, cells in report["splits"].items():
-        if "sft" not in cells or any(each not in cells for each in names):
+        if "sft" not in cells or any(each not in cells for each, _ in columns):
             continue
         paired_split = report["paired"].get(split) or {}
         n = (paired_split.get(name) or {}).get("n_examples", cells[name]["n_examples"])
         row = f"{split:<17} {n:>5} {pct(cells['sft']['metrics']['macro_f1']['mean']):>7}"
-        for each in names:
+        for each, _ in columns:
             d = ((paired_split.get(each) or {}).get("metrics") or {}).get("macro_f1") or {}
             diff = ("-" if d.get("diff") is None else
                     f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]")
             row += f" {pct(cells[each]['metrics']['macro_f1']['mean']):>7} {diff:>22}"
         row += f" {pct(cells['sft']['metrics']['accuracy']['mean']):>8}" + "".join(
-            f" {pct(cells[each]['metrics']['accuracy']['mean']):>8}" for each in names)
+            f" {pct(cells[each]['metrics']['accuracy']['mean']):>8}" for each, _ in columns)
         rows.append(row)
     return "\n".join(rows)
 
