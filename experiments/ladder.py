@@ -22,7 +22,9 @@ Plain `--config.key=value` flags go to every RL method (not to SFT or DPO): e.g.
 Each method is a sweep over seeds (`launch.sweep`): a rerun skips finished runs and resumes
 interrupted ones. The ladder ends with the cross-run report (`she_jax.eval.compare`):
 <out>/report.{md,html,json} with paired differences against SFT, and <out>/vs_grpo/ with
-them against GRPO.
+them against GRPO. RL runs that select on dev (`--config.eval.select_every=30`) also appear
+with their selected policies (`<run>/best`) as the setting `<method>_best`, beside the last
+policies, and the ladder prints which step each seed kept.
 """
 
 from __future__ import annotations
@@ -161,6 +163,26 @@ def ensure_full_eval(sft_dir: str) -> None:
         reevaluate(sft_dir, splits=todo, max_examples=0)
 
 
+def selected_dirs(sweeps: Sequence[sweep_lib.Sweep]) -> list[str]:
+    """`<label>_best=<workdir>/best` (compare's NAME=DIR) for every trial that kept a
+    dev-selected policy, and one line per such trial saying which step it kept."""
+    from she_jax.train import selection
+
+    named = []
+    for sweep in sweeps:
+        for trial in sweep.trials:
+            try:
+                best = selection.best_run_dir(trial.workdir)
+            except FileNotFoundError:
+                continue
+            with open(os.path.join(best, selection.SELECTION_FILE)) as f:
+                chosen = json.load(f)
+            print(f"ladder: {sweep.label} {os.path.basename(trial.workdir)} kept step "
+                  f"{chosen.get('step')} of its dev evaluations", flush=True)
+            named.append(f"{sweep.label}_best={best}")
+    return named
+
+
 def run(sweeps: Sequence[sweep_lib.Sweep], out: str, parallel: int = 1,
         report: bool = True, sft_dir: str = "") -> int:
     """Runs every method's sweep in order (SFT first: the others start from it, or from
@@ -181,6 +203,7 @@ def run(sweeps: Sequence[sweep_lib.Sweep], out: str, parallel: int = 1,
         from she_jax.eval import compare
 
         dirs = ([f"sft={sft_dir}"] if sft_dir else []) + [s.out for s in sweeps]
+        dirs += selected_dirs(sweeps)
         compare.build_report(dirs, out_dir=out, baseline="sft")
         if any(s.label == "grpo" for s in sweeps):
             compare.build_report(dirs, out_dir=os.path.join(out, "vs_grpo"), baseline="grpo")

@@ -150,3 +150,36 @@ def test_ensure_full_eval_evaluates_a_partly_evaluated_start(tmp_path):
     before = os.path.getmtime(os.path.join(workdir, "eval.json"))
     ladder.ensure_full_eval(workdir)  # already full: nothing redone
     assert os.path.getmtime(os.path.join(workdir, "eval.json")) == before
+
+
+def test_report_lists_the_dev_selected_policies_beside_the_last(tmp_path, capsys):
+    """A trial that kept best/ (a run directory with selection.json) appears a second time
+    as `<method>_best`, its own setting, paired like the others; a trial without best/ is
+    not listed there."""
+    out = str(tmp_path)
+    sweeps = ladder.plan(["grpo"], ["0", "1"], out)
+    for sweep in sweeps:
+        for trial, seed in zip(sweep.trials, (0, 1)):
+            name = "sft_think" if sweep.label == "sft" else "grpo"
+            config = {"name": name, "seed": seed, "data_seed": seed}
+            write_run(trial.workdir, config, {"dev": ([0, 2, 1, 3], [0, 0, 1, 3], None)})
+            if sweep.label == "grpo" and seed == 0:
+                best = os.path.join(trial.workdir, "best")
+                write_run(best, {**config, "checkpoint_selection": "best_dev"},
+                          {"dev": ([0, 2, 1, 3], [0, 2, 1, 3], None)})
+                for sub in ("model", "tokenizer"):
+                    os.makedirs(os.path.join(best, sub))
+                with open(os.path.join(best, "selection.json"), "w") as f:
+                    json.dump({"split": "dev", "step": 30, "value": 1.0, "history": []}, f)
+            trial.status = "finished"
+        sweep.write()
+    named = ladder.selected_dirs(sweeps)
+    assert named == [f"grpo_best={os.path.join(out, 'grpo', 'seed0', 'best')}"]
+    assert "grpo seed0 kept step 30" in capsys.readouterr().out
+    report = compare.build_report([s.out for s in sweeps] + named,
+                                  out_dir=str(tmp_path / "r"), baseline="sft", n_resamples=50)
+    settings = {s["name"]: s for s in report["settings"]}
+    assert list(settings) == ["sft", "grpo", "grpo_best"]
+    assert len(settings["grpo_best"]["runs"]) == 1
+    entry = report["paired"]["dev"]["grpo_best"]
+    assert entry["metrics"]["accuracy"]["diff"] == pytest.approx(0.25)
