@@ -65,17 +65,17 @@ def _label_mix(params, records, prompt_len):
     return probs.mean(axis=0) / probs.mean(axis=0).sum()
 
 
-def _start_policy(prompt_len, context_weight):
+def _start_policy(prompt_len, context_weight, records=TRAIN):
     """The starting policy: cross-entropy of the first answer token against the soft target
     context_weight * onehot(gold) + (1 - context_weight) * GOLD_MIX on every training prompt.
     context_weight 0 answers the gold prior whatever the context; 0.5 is "half-trained":
     half its mass on the right label, half on the prior, and still the gold label mix."""
     params = transformer.init_params(MODEL, jax.random.PRNGKey(0))
-    tokens, mask = (jnp.asarray(x) for x in _prompts(TRAIN, prompt_len))
+    tokens, mask = (jnp.asarray(x) for x in _prompts(records, prompt_len))
     label_ids = jnp.asarray(_WordTokenizer.label_ids)
-    gold = jnp.asarray([st.LABELS.index(r["label"]) for r in TRAIN])
+    gold = jnp.asarray([st.LABELS.index(r["label"]) for r in records])
     soft = context_weight * jax.nn.one_hot(gold, 4) + (1 - context_weight) * GOLD_MIX
-    target = jnp.zeros((len(TRAIN), VOCAB)).at[:, label_ids].set(soft)
+    target = jnp.zeros((len(records), VOCAB)).at[:, label_ids].set(soft)
     tx = optax.adam(1e-2)
     opt_state = tx.init(params)
 
@@ -115,7 +115,7 @@ def _bandit_scorer(reward_kind, seed=0):
 
 def _grpo(workdir, params, scorer, *, updates, lr=3e-3, balance_power=0.0, temperature=1.0,
           top_k=0, drop_zero_variance=True, kl_beta=0.0, entropy_coef=0.0, prior_weight=0.0,
-          records=TRAIN):
+          records=TRAIN, macro_f1_weight=0.0, advantage_scale="std"):
     config = grpo_config.get_config()
     config.rl.update(prompts_per_step=8, group_size=8, max_new_tokens=1, samples_every=0,
                      temperature=temperature, top_k=top_k)
@@ -124,6 +124,8 @@ def _grpo(workdir, params, scorer, *, updates, lr=3e-3, balance_power=0.0, tempe
     config.rl.loss.kl_beta = kl_beta
     config.rl.loss.entropy_coef = entropy_coef
     config.rl.label_prior.weight = prior_weight
+    config.rl.macro_f1.weight = macro_f1_weight
+    config.rl.advantage.scale = advantage_scale
     config.optimizer.update(lr=lr, warmup_steps=1, total_steps=updates)
     tx, lr_fn = optim.make_optimizer(config.optimizer)
     # The step donates its state: train a copy, so `params` stays usable by the caller.
@@ -254,3 +256,4 @@ def test_label_prior_term_runs_on_a_pool_without_some_label(tmp_path):
         kl = [r["prior/kl"] for r in rows if "prior/kl" in r]
         assert len(kl) == 3 and np.isfinite(kl).all(), kl
         assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+

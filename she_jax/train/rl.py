@@ -39,7 +39,7 @@ from she_jax import parallel
 from she_jax.data import sources
 from she_jax.eval import evaluate
 from she_jax.models import transformer
-from she_jax.rewards import label_prior
+from she_jax.rewards import label_prior, macro_f1
 from she_jax.rl import filtering, losses
 from she_jax.train import bootstrap, loop, selection
 from she_jax.train.rl_feed import (  # re-exported: the trainers and tests use rl.<name>
@@ -93,6 +93,10 @@ def rl_section() -> ml_collections.ConfigDict:
     # -weight * log(q_c / pi_c) for its label c, q the pool's predicted mix, pi the gold
     # mix the prompt sampler draws; keeps RL from drifting the label mix (0 = off).
     c.label_prior = label_prior.label_prior_config()
+    # Macro-F1 label reward (she_jax.rewards.macro_f1): the reward also gets weight x (the
+    # rollout's first-order gain in macro-F1 - its 1/0 correctness), so weight 1 rewards
+    # the metric the evaluation reports instead of accuracy (0 = off).
+    c.macro_f1 = macro_f1.macro_f1_config()
     # SFT anchor: each update also takes `weight` x the token-mean NLL of a batch of gold
     # CoTs (the `split` records rendered in the run's order), so RL sharpens the policy
     # without forgetting the rules the reward rarely exercises (relevance-RL practice; 0 =

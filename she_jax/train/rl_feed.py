@@ -25,7 +25,7 @@ import numpy as np
 from she_jax import parallel, sampling, special_tokens as st
 from she_jax.data import loader
 from she_jax.models import transformer
-from she_jax.rewards import label_prior
+from she_jax.rewards import label_prior, macro_f1
 from she_jax.rl import advantages as adv_lib
 from she_jax.rl import filtering, losses, rollout as rollout_lib
 from she_jax.rl.rollout import Rollouts
@@ -188,6 +188,13 @@ class RLFeed:
         self.prior_target = (label_prior.check_target(target, "config.rl.label_prior.target")
                              if target else label_prior.sampler_target(
                                  self.prompt_sampler.expected_label_mix()))
+        # The macro-F1 label reward (she_jax.rewards.macro_f1); off for older configs.
+        self.macro_f1 = rl.get("macro_f1", macro_f1.macro_f1_config())
+        macro_f1.check_config(self.macro_f1)
+        target = tuple(self.macro_f1.target or ())
+        self.macro_f1_pi = (label_prior.check_target(target, "config.rl.macro_f1.target")
+                            if target else label_prior.sampler_target(
+                                self.prompt_sampler.expected_label_mix()))
         self.sampler = sampling.Sampler(model_config, sampling.SamplingConfig(
             temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
@@ -316,6 +323,15 @@ class RLFeed:
             scored = dataclasses.replace(
                 scored, rewards=scored.rewards + shaping,
                 per_rollout={**scored.per_rollout, "prior_shaping": shaping})
+        if self.macro_f1.weight > 0:
+            gains, mf1_metrics = macro_f1.label_rewards(
+                [[p.label for p in row] for row in rollouts.parsed],
+                [r["label"] for r in rollouts.records], self.macro_f1_pi, self.macro_f1)
+            label_metrics.update(mf1_metrics)
+            term = float(self.macro_f1.weight) * (gains - scored.correct.astype(np.float32))
+            scored = dataclasses.replace(
+                scored, rewards=scored.rewards + term,
+                per_rollout={**scored.per_rollout, "macro_f1_reward": gains})
         chosen, valid, filter_metrics = filtering.filter_groups(
             _filter_rewards(scored), scored.correct, rollouts.parsed, rollouts.records,
             rl.prompts_per_step, rl.filter, host_rng)
