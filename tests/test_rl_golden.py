@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from experiments import grpo as grpo_config
 from she_jax import special_tokens as st
@@ -115,7 +116,7 @@ def _bandit_scorer(reward_kind, seed=0):
 
 def _grpo(workdir, params, scorer, *, updates, lr=3e-3, balance_power=0.0, temperature=1.0,
           top_k=0, drop_zero_variance=True, kl_beta=0.0, entropy_coef=0.0, prior_weight=0.0,
-          records=TRAIN, macro_f1_weight=0.0, advantage_scale="std"):
+          records=TRAIN, macro_f1_weight=0.0, advantage_scale="std", clamp=2.0):
     config = grpo_config.get_config()
     config.rl.update(prompts_per_step=8, group_size=8, max_new_tokens=1, samples_every=0,
                      temperature=temperature, top_k=top_k)
@@ -126,6 +127,7 @@ def _grpo(workdir, params, scorer, *, updates, lr=3e-3, balance_power=0.0, tempe
     config.rl.label_prior.weight = prior_weight
     config.rl.macro_f1.weight = macro_f1_weight
     config.rl.advantage.scale = advantage_scale
+    config.rl.advantage.clamp = clamp
     config.optimizer.update(lr=lr, warmup_steps=1, total_steps=updates)
     tx, lr_fn = optim.make_optimizer(config.optimizer)
     # The step donates its state: train a copy, so `params` stays usable by the caller.
@@ -257,3 +259,23 @@ def test_label_prior_term_runs_on_a_pool_without_some_label(tmp_path):
         assert len(kl) == 3 and np.isfinite(kl).all(), kl
         assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
 
+
+
+def test_macro_f1_reward_reaches_the_update_from_the_sampler_mix(tmp_path):
+    """rl.macro_f1.weight > 0: the driver scores every rollout with the table built from
+    the gold mix the prompt sampler draws (here the data's own), logs it, and the run stays
+    finite; off (the default) it logs nothing of it."""
+    from she_jax.rewards import label_prior, macro_f1
+
+    prompt_len = rollout_lib.prompt_length_for(TRAIN, _WordTokenizer())
+    start = _start_policy(prompt_len, context_weight=0.5)
+    _, rows, _ = _grpo(tmp_path / "on", start, _bandit_scorer("correct"), updates=3,
+                       macro_f1_weight=1.0, advantage_scale="none")
+    right, _, _ = macro_f1.reward_table(label_prior.sampler_target(GOLD_MIX), 0.5)
+    logged = [r for r in rows if "mf1/right_L3" in r]
+    assert len(logged) == 3
+    for i, label in enumerate(st.LABELS):
+        assert logged[-1][f"mf1/right_{label}"] == pytest.approx(right[i], rel=1e-5)
+    assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+    _, rows, _ = _grpo(tmp_path / "off", start, _bandit_scorer("correct"), updates=2)
+    assert not any("mf1/reward_mean" in r for r in rows)

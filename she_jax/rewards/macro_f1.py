@@ -29,11 +29,14 @@ label they name, so group-normalised advantages (`advantage.scale='std'`) keep t
 precision part; the recall weighting across prompts (1 / pi_y) survives only without the
 per-group scaling (`advantage.scale='none'`; the advantage clamp, `advantage.clamp`,
 then cuts a right answer on a 6 % label, 1 / (4 * 0.06) = 4.2, down to 2 unless raised).
-Policy-gradient caveat (tests/test_rl_golden.py): the softmax gradient moves a label's
-logit by p_c (R_c - mean R), so where a rare label is the better answer but the policy
-rarely samples it, the frequent label's logit still rises faster at first. `pi` is the gold mix the prompt sampler draws
-(`ClassBalancedSampler.expected_label_mix`, floored by `label_prior.sampler_target`) unless
-`config.target` names one: with class-balanced sampling set it to the data's own mix.
+Tested on one ambiguous prompt (tests/test_macro_f1.py): with a tabular softmax policy,
+exact policy gradient on the table answers the rare label where macro-F1 asks for it and
+correctness answers the frequent one. With shared weights the rare label's false-alarm
+cost on every other prompt reaches its logit too: on the golden bandit of
+tests/test_rl_golden.py with one ambiguous context added (2-layer policy, 40 updates, no
+per-group scaling; measured once, not kept as a test) the ambiguous context still went to
+the frequent label (0.99, as with correctness), and with f = 0 (recall weighting only) every
+context drifted toward the rare labels (accuracy on the clear contexts 0.67 -> 0.56).
 """
 
 from __future__ import annotations
@@ -78,7 +81,11 @@ def reward_table(pi: Sequence[float], f1: float, min_share: float = 0.01
     """(right [K]: reward of a right answer per gold label, wrong [K]: reward of a wrong
     answer per label it names, no_label: reward of a rollout without a label), all over
     LABELS (module doc); a label rarer than `min_share` counts as that rare."""
-    pi = label_prior.check_target(pi, "pi")
+    pi = np.asarray(tuple(pi), dtype=np.float64)
+    if pi.shape != (len(LABELS),) or not np.isfinite(pi).all() or (pi < 0).any() \
+            or abs(pi.sum() - 1.0) > 1e-3:
+        raise ValueError(f"pi must be {len(LABELS)} shares >= 0 over {LABELS} summing to 1, "
+                         f"got {tuple(pi)!r}")
     share = np.maximum(pi, min_share)
     right = 1.0 / (len(LABELS) * share)
     wrong = -f1 / (2.0 - f1) * right
