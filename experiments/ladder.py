@@ -173,10 +173,10 @@ def selected_dirs(sweeps: Sequence[sweep_lib.Sweep]) -> list[str]:
         for trial in sweep.trials:
             try:
                 best = selection.best_run_dir(trial.workdir)
-            except FileNotFoundError:
+                with open(os.path.join(best, selection.SELECTION_FILE)) as f:
+                    chosen = json.load(f)
+            except FileNotFoundError:  # no selection in this run (or not finished)
                 continue
-            with open(os.path.join(best, selection.SELECTION_FILE)) as f:
-                chosen = json.load(f)
             print(f"ladder: {sweep.label} {os.path.basename(trial.workdir)} kept step "
                   f"{chosen.get('step')} of its dev evaluations", flush=True)
             named.append(f"{sweep.label}_best={best}")
