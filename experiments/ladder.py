@@ -171,12 +171,10 @@ def selected_dirs(sweeps: Sequence[sweep_lib.Sweep]) -> list[str]:
     named = []
     for sweep in sweeps:
         for trial in sweep.trials:
-            try:
-                best = selection.best_run_dir(trial.workdir)
-                with open(os.path.join(best, selection.SELECTION_FILE)) as f:
-                    chosen = json.load(f)
-            except FileNotFoundError:  # no selection in this run (or not finished)
+            kept = selection.read_selection(trial.workdir)
+            if kept is None:  # no selection in this run (or not finished)
                 continue
+            best, chosen = kept
             print(f"ladder: {sweep.label} {os.path.basename(trial.workdir)} kept step "
                   f"{chosen.get('step')} of its dev evaluations", flush=True)
             named.append(f"{sweep.label}_best={best}")

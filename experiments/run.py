@@ -30,8 +30,7 @@ from ml_collections import config_flags
 
 from experiments import registry
 from she_jax import parallel
-from she_jax.train.selection import BEST_DIR, SELECTION_FILE
-from she_jax.train import workdir as workdir_lib
+from she_jax.train import selection, workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an experiments/*.py config file, optionally `:variant`.",
@@ -114,12 +113,10 @@ def print_vs_sft(workdir: str, n_resamples: int = 1000) -> dict | None:
         name = json.load(f).get("name") or "final"
     name = name if name != "sft" else "final"
     runs = [f"sft={root}", f"{name}={workdir}"]
-    best_dir = os.path.join(workdir, BEST_DIR)
+    kept = selection.read_selection(workdir)
     selected = None
-    if (os.path.isfile(os.path.join(best_dir, "eval.json"))
-            and os.path.isfile(os.path.join(best_dir, SELECTION_FILE))):
-        with open(os.path.join(best_dir, SELECTION_FILE)) as f:
-            selected = json.load(f)
+    if kept is not None:
+        best_dir, selected = kept
         runs.append(f"{name}_best={best_dir}")
     report = compare.build_report(runs, out_dir=os.path.join(workdir, VS_SFT_DIR),
                                   baseline="sft", n_resamples=n_resamples, metrics_keys=())
@@ -137,9 +134,10 @@ def format_vs_sft(report: dict, name: str, root: str, workdir: str,
             "difference paired on the same examples, 95 % bootstrap interval:"]
     if selected is not None:
         steps = ", ".join(f"{h['step']}: {100 * h['value']:.1f}" for h in selected["history"])
-        rows.append(f"{name}_best = {workdir}/{BEST_DIR}, the policy of step {selected['step']}"
-                    f", chosen on {selected['n']} {selected['split']} examples by macro-F1 "
-                    f"(step: value  {steps}); {name} = the last update's policy")
+        rows.append(f"{name}_best = {workdir}/{selection.BEST_DIR}, the policy of step "
+                    f"{selected['step']}, chosen on {selected['n']} {selected['split']} "
+                    f"examples by macro-F1 (step: value  {steps}); {name} = the last "
+                    "update's policy")
     rows.append(f"{'split':<17} {'n':>5} {'SFT F1':>7}"
                 + "".join(f" {kind + ' F1':>7} {'diff [95% CI]':>22}" for _, kind in columns)
                 + f" {'SFT acc':>8}" + "".join(f" {kind + ' acc':>8}" for _, kind in columns))

@@ -80,13 +80,9 @@ def reward_table(pi: Sequence[float], f1: float, min_share: float = 0.01
                  ) -> tuple[np.ndarray, np.ndarray, float]:
     """(right [K]: reward of a right answer per gold label, wrong [K]: reward of a wrong
     answer per label it names, no_label: reward of a rollout without a label), all over
-    LABELS (module doc); a label rarer than `min_share` counts as that rare."""
-    pi = np.asarray(tuple(pi), dtype=np.float64)
-    if pi.shape != (len(LABELS),) or not np.isfinite(pi).all() or (pi < 0).any() \
-            or abs(pi.sum() - 1.0) > 1e-3:
-        raise ValueError(f"pi must be {len(LABELS)} shares >= 0 over {LABELS} summing to 1, "
-                         f"got {tuple(pi)!r}")
-    share = np.maximum(pi, min_share)
+    LABELS (module doc); `pi` is normalised, a label rarer than `min_share` counts as that
+    rare; ValueError unless `pi` is 4 finite weights >= 0, not all 0."""
+    share = np.maximum(label_prior.sampler_target(pi, floor=0.0), min_share)
     right = 1.0 / (len(LABELS) * share)
     wrong = -f1 / (2.0 - f1) * right
     return right, wrong, float(wrong.min())

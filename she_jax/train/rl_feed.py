@@ -184,17 +184,12 @@ class RLFeed:
         # it existed have no section: off.
         self.label_prior = rl.get("label_prior", label_prior.label_prior_config())
         label_prior.check_config(self.label_prior)
-        target = tuple(self.label_prior.target or ())
-        self.prior_target = (label_prior.check_target(target, "config.rl.label_prior.target")
-                             if target else label_prior.sampler_target(
-                                 self.prompt_sampler.expected_label_mix()))
         # The macro-F1 label reward (she_jax.rewards.macro_f1); off for older configs.
         self.macro_f1 = rl.get("macro_f1", macro_f1.macro_f1_config())
         macro_f1.check_config(self.macro_f1)
-        target = tuple(self.macro_f1.target or ())
-        self.macro_f1_pi = (label_prior.check_target(target, "config.rl.macro_f1.target")
-                            if target else label_prior.sampler_target(
-                                self.prompt_sampler.expected_label_mix()))
+        sampler_mix = label_prior.sampler_target(self.prompt_sampler.expected_label_mix())
+        self.prior_target = _label_target(self.label_prior, "label_prior", sampler_mix)
+        self.macro_f1_pi = _label_target(self.macro_f1, "macro_f1", sampler_mix)
         self.sampler = sampling.Sampler(model_config, sampling.SamplingConfig(
             temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
@@ -315,9 +310,9 @@ class RLFeed:
                 rollouts, scored, self.params, jax.random.fold_in(rng, 1))
             _check_finite_rewards(scored, index)
         # The label-prior term: q from the policy's own samples, the term on the final pool.
+        pool_labels = [[p.label for p in row] for row in rollouts.parsed]
         shaping, prior_metrics = label_prior.prior_shaping(
-            own_labels, self.prior_target, self.label_prior,
-            apply_to=[[p.label for p in row] for row in rollouts.parsed])
+            own_labels, self.prior_target, self.label_prior, apply_to=pool_labels)
         label_metrics.update(prior_metrics)
         if self.label_prior.weight > 0:
             scored = dataclasses.replace(
@@ -325,8 +320,8 @@ class RLFeed:
                 per_rollout={**scored.per_rollout, "prior_shaping": shaping})
         if self.macro_f1.weight > 0:
             gains, mf1_metrics = macro_f1.label_rewards(
-                [[p.label for p in row] for row in rollouts.parsed],
-                [r["label"] for r in rollouts.records], self.macro_f1_pi, self.macro_f1)
+                pool_labels, [r["label"] for r in rollouts.records], self.macro_f1_pi,
+                self.macro_f1)
             label_metrics.update(mf1_metrics)
             term = float(self.macro_f1.weight) * (gains - scored.correct.astype(np.float32))
             scored = dataclasses.replace(
@@ -433,6 +428,16 @@ def label_mix_metrics(rollouts: Rollouts) -> dict[str, float]:
         tv += abs(pred_frac - gold_frac)
     out["labels/tv_distance"] = 0.5 * (tv + out["labels/pred_invalid"])
     return out
+
+
+def _label_target(section: ml_collections.ConfigDict, name: str,
+                  sampler_mix: np.ndarray) -> np.ndarray:
+    """A label-mix term's target over LABELS: its section's `target` when set (checked,
+    named `config.rl.<name>.target`), else the prompt sampler's gold mix."""
+    target = tuple(section.target or ())
+    if not target:
+        return sampler_mix
+    return label_prior.check_target(target, f"config.rl.{name}.target")
 
 
 def _filter_rewards(scored: Scored) -> np.ndarray:

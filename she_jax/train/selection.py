@@ -145,6 +145,19 @@ class DevSelector:
                                      splits, order=self.order)
 
 
+def read_selection(workdir: str) -> tuple[str, dict[str, Any]] | None:
+    """(<workdir>/best, its selection.json) when the run kept an evaluated dev-selected
+    policy (best/eval.json and best/selection.json exist), else None: what a report lists
+    beside the last policy."""
+    path = os.path.join(workdir, BEST_DIR)
+    selection_file = os.path.join(path, SELECTION_FILE)
+    if not (os.path.isfile(os.path.join(path, run_dir_lib.EVAL_FILE))
+            and os.path.isfile(selection_file)):
+        return None
+    with open(selection_file) as f:
+        return path, json.load(f)
+
+
 def best_run_dir(workdir: str) -> str:
     """<workdir>/best, the run's dev-selected policy as a run directory; raises
     FileNotFoundError naming what is missing when the run kept none."""
