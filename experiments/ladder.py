@@ -11,8 +11,8 @@ For every seed s: `experiments/sft_think.py` trains the starting policy into
 <out>/sft/seed<s> (seed and data_seed s), then every other method starts from that run
 (`--config.init_dir`) with seed s into <out>/<method>/seed<s>. With `--sft_dir` one finished
 SFT run is every seed's start instead (the seeds then vary the RL methods only, and each
-method's paired difference is its mean over seeds against that one run). Every RL method gets the same
-number of optimizer updates (`--updates`, 8 prompts x 8 samples per update at tiny), DPO
+method's paired difference is its mean over seeds against that one run). Every RL method
+gets the same number of optimizer updates (`--updates`, 8 prompts x 8 samples per update at tiny), DPO
 its own config's budget; all are evaluated on the same splits (dev and every test split,
 all examples). `--world_seed` and `--test_size` set the ShopWorld seed and the size of each
 test split for every run of the ladder (the sft and rl splits do not depend on test_size).
@@ -25,6 +25,12 @@ interrupted ones. The ladder ends with the cross-run report (`she_jax.eval.compa
 them against GRPO. RL runs that select on dev (`--config.eval.select_every=30`) also appear
 with their selected policies (`<run>/best`) as the setting `<method>_best`, beside the last
 policies, and the ladder prints which step each seed kept.
+
+A second report, <out>/decision/ (and its vs_grpo/), compares the same runs with the label
+decided by per-label offsets fitted on each run's dev predictions (`she_jax.eval.decision`,
+the same rule for every method; `--nodecision` leaves it out): it shows what each policy's
+label distribution ranks right once its label prior is set back, on the test splits (dev is
+the fitting split, so it is not reported there).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from absl import flags
 
@@ -77,6 +83,9 @@ def _flag_values() -> flags.FlagValues:
     flags.DEFINE_bool("dry_run", False, "Print the commands, one per line; run nothing.",
                       flag_values=fv)
     flags.DEFINE_bool("report", True, "End with the cross-run report.", flag_values=fv)
+    flags.DEFINE_bool("decision", True, "With the report: also the report of every run with "
+                      "its label decision fitted on dev (she_jax.eval.decision), in "
+                      "<out>/decision/.", flag_values=fv)
     return fv
 
 
@@ -181,8 +190,57 @@ def selected_dirs(sweeps: Sequence[sweep_lib.Sweep]) -> list[str]:
     return named
 
 
+def decision_dirs(sweeps: Sequence[sweep_lib.Sweep], sft_dir: str = "",
+                  fit_split: str = "dev", splits: Mapping[str, Sequence[Mapping]] | None = None
+                  ) -> list[str]:
+    """Fits every finished run's label decision on `fit_split` (she_jax.eval.decision: the
+    same dev-fitted log-probability offsets rule for every method) into <run>/decision/, and
+    returns them as compare's `<label>=<run>/decision` (the SFT start as `sft`). `splits`:
+    the records the rule flags come from (default: each run's own data)."""
+    from she_jax.eval import decision
+    from she_jax.eval.runs_index import is_run_dir
+
+    runs = [("sft", sft_dir)] if sft_dir else []
+    for sweep in sweeps:
+        runs += [(sweep.label, t.workdir) for t in sweep.trials if is_run_dir(t.workdir)]
+    named = []
+    for label, workdir in runs:
+        d = decision.adjust_run(workdir, fit_split, splits=splits)
+        fit = d["fit_macro_f1"]
+        offsets = " ".join(f"{k} {v:+.2f}" for k, v in d["offsets"].items())
+        print(f"ladder: {label} {os.path.basename(workdir)} decision offsets {offsets} "
+              f"({fit_split} macro-F1 {100 * fit['argmax']:.1f} -> {100 * fit['adjusted']:.1f},"
+              " in-sample)", flush=True)
+        named.append(f"{label}={os.path.join(workdir, 'decision')}")
+    return named
+
+
+def decision_report(sweeps: Sequence[sweep_lib.Sweep], out: str, sft_dir: str = "",
+                    fit_split: str = "dev",
+                    splits: Mapping[str, Sequence[Mapping]] | None = None) -> list[str]:
+    """<out>/decision/: the report of every run with its dev-fitted decision, on the splits
+    other than the fitting one, against SFT (and in vs_grpo/ against GRPO). Returns the
+    directories it compared."""
+    from she_jax.eval import compare, report
+
+    dirs = decision_dirs(sweeps, sft_dir, fit_split, splits)
+    held = set()
+    for named in dirs:
+        held |= set(report.read_eval_json(os.path.join(named.split("=", 1)[1], "eval.json"))
+                    ["splits"])
+    reported = [s for s in report.SPLIT_ORDER if s in held and s != fit_split]
+    reported += sorted(held - set(reported) - {fit_split})
+    out = os.path.join(out, "decision")
+    compare.build_report(dirs, out_dir=out, baseline="sft", splits=reported)
+    if any(s.label == "grpo" for s in sweeps):
+        compare.build_report(dirs, out_dir=os.path.join(out, "vs_grpo"), baseline="grpo",
+                             splits=reported)
+    print(f"ladder report, dev-fitted decision: {os.path.join(out, 'report.md')}", flush=True)
+    return dirs
+
+
 def run(sweeps: Sequence[sweep_lib.Sweep], out: str, parallel: int = 1,
-        report: bool = True, sft_dir: str = "") -> int:
+        report: bool = True, sft_dir: str = "", decision: bool = True) -> int:
     """Runs every method's sweep in order (SFT first: the others start from it, or from
     `sft_dir`, evaluated in full first), then the reports. Returns 0 when every run
     finished."""
@@ -206,6 +264,8 @@ def run(sweeps: Sequence[sweep_lib.Sweep], out: str, parallel: int = 1,
         if any(s.label == "grpo" for s in sweeps):
             compare.build_report(dirs, out_dir=os.path.join(out, "vs_grpo"), baseline="grpo")
         print(f"ladder report: {os.path.join(out, 'report.md')}", flush=True)
+        if decision:
+            decision_report(sweeps, out, sft_dir)
     return status
 
 
@@ -225,7 +285,7 @@ def main(argv: Sequence[str]) -> int:
             for trial in sweep.trials:
                 print(sweep_lib.display_command(trial.command))
         return 0
-    return run(sweeps, fv.out, fv.parallel, fv.report, fv.sft_dir)
+    return run(sweeps, fv.out, fv.parallel, fv.report, fv.sft_dir, fv.decision)
 
 
 if __name__ == "__main__":

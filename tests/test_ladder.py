@@ -183,3 +183,51 @@ def test_report_lists_the_dev_selected_policies_beside_the_last(tmp_path, capsys
     assert len(settings["grpo_best"]["runs"]) == 1
     entry = report["paired"]["dev"]["grpo_best"]
     assert entry["metrics"]["accuracy"]["diff"] == pytest.approx(0.25)
+
+
+def test_decision_report_refits_every_run_and_pairs_them_on_the_test_splits(tmp_path, capsys):
+    """Every finished run (the given SFT start and each trial) gets <run>/decision/ fitted on
+    its dev predictions; the decision report pairs them against SFT on the other splits."""
+    out = str(tmp_path / "ladder")
+    y = {"dev": [0, 0, 2, 2, 1, 3], "test_qa": [0, 2, 2, 0, 3, 1]}
+    records = {s: [{"id": f"{s}-{i}", "label": ["L4", "L3", "L2", "L1"][t],
+                    "query_type": "category", "annotations": None} for i, t in enumerate(ys)]
+               for s, ys in y.items()}
+    data = {"source": "shopworld", "world": "tiny", "world_overrides": {"seed": 0}}
+    sft = write_run(str(tmp_path / "sft"), {"name": "sft_think", "seed": 0, "data": data},
+                    {s: (ys, ys, None) for s, ys in y.items()})
+    sweeps = ladder.plan(["grpo"], ["0", "1"], out, sft_dir=sft)
+    for sweep in sweeps:
+        for trial, seed in zip(sweep.trials, (0, 1)):
+            # Everything predicted L4 with the probabilities of test_compare.write_run
+            # (uniform): the written label is their argmax, so the decision may move it.
+            write_run(trial.workdir, {"name": "grpo", "seed": seed, "data_seed": seed,
+                                      "data": data},
+                      {s: (ys, [0] * len(ys), None) for s, ys in y.items()})
+            # Probabilities that rank gold L2 second, close behind L4 (the others far
+            # behind): an offset on L2 fitted on dev turns those into L2 on test_qa too.
+            path = os.path.join(trial.workdir, "predictions.jsonl")
+            with open(path) as f:
+                rows = [json.loads(line) for line in f]
+            for row in rows:
+                row["probs"] = [0.5, 0.05, 0.4, 0.05] if row["label"] == 2 else [0.7, 0.1, 0.1,
+                                                                                 0.1]
+            with open(path, "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in rows)
+            trial.status = "finished"
+        sweep.write()
+    dirs = ladder.decision_report(sweeps, out, sft_dir=sft, splits=records)
+    assert dirs == [f"sft={sft}/decision"] + [
+        f"grpo={os.path.join(out, 'grpo', f'seed{s}', 'decision')}" for s in (0, 1)]
+    printed = capsys.readouterr().out
+    assert "ladder: grpo seed1 decision offsets L4 +0.00 L3 +0.00 L2 +0.25 L1 +0.00" in printed
+    with open(os.path.join(out, "decision", "report.json")) as f:
+        result = json.load(f)
+    assert sorted(result["splits"]) == ["test_qa"]  # dev fitted the offsets: not reported
+    assert [s["name"] for s in result["settings"]] == ["sft", "grpo"]
+    # test_qa: L4 and L2 right after the decision (L3, L1 still called L4), against all L4.
+    cell = result["splits"]["test_qa"]["grpo"]["metrics"]["accuracy"]
+    assert cell["mean"] == pytest.approx(4 / 6)
+    assert result["paired"]["test_qa"]["grpo"]["metrics"]["accuracy"]["diff"] == \
+        pytest.approx(4 / 6 - 1)
+    assert os.path.isfile(os.path.join(out, "decision", "vs_grpo", "report.md"))

@@ -1,0 +1,261 @@
+r"""A label decision fitted on dev: per-label offsets on the log-probabilities.
+
+The evaluator's label is the one the model writes (think-first) or the argmax of the
+prefill's label distribution (answer-first): the argmax of log p(c). A policy whose label
+prior has drifted (RL moves it toward the majority label; balanced sampling toward the rare
+ones) can rank the labels of an example better and still score a lower macro-F1, because
+macro-F1 weighs the rare labels like the frequent ones and the argmax follows the prior.
+Post-hoc logit adjustment separates the two: the label becomes
+
+    argmax_c  log p(c) + b_c,      b_L4 = 0 (a common shift changes nothing),
+
+with the offsets b fitted on one split (dev) to maximise its macro-F1 by coordinate ascent
+over a grid (ties go to the offset nearest 0, so a run whose plain argmax is already best
+keeps b = 0), then applied unchanged to every split. Fitted per run, the rule is the same
+for every method, so a comparison of adjusted runs compares what each policy's label
+distribution knows, not where its prior sits. The fitting split's own score is in-sample
+(optimistic): compare the methods on the other splits.
+
+Exact for think-first runs: the label is the last decision of the output, so re-deciding it
+from the probabilities at its position is what decoding with the offsets would have written,
+and the chain of thought, its steps and format stay. For answer-first runs the label comes
+first and the CoT decoded after it would follow the new label; the steps kept here are those
+of the old one (the label metrics are exact, the step metrics approximate). An example whose
+written label is not the argmax of its stored probabilities (none in a greedy think-first
+evaluation) and an example with no label keep their prediction.
+
+    python -m she_jax.eval.decision RUN [RUN ...] [--fit_split=dev] [--name=decision]
+
+writes RUN/<name>/ — a run directory the cross-run report reads like any other (config.json,
+eval.json, predictions.jsonl) — plus decision.json (the offsets, the fitting split, its
+macro-F1 before and after, how many predictions changed per split):
+
+    python -m she_jax.eval.compare sft=runs/sft/decision grpo=runs/grpo/seed*/decision ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from she_jax import special_tokens as st
+from she_jax.eval import metrics, report, rules
+from she_jax.special_tokens import LABELS
+
+log = logging.getLogger(__name__)
+
+DECISION_FILE = "decision.json"
+DEFAULT_GRID = np.round(np.arange(-3.0, 3.0 + 1e-9, 0.05), 2)
+_TINY = 1e-12
+
+
+def decide(probs: Any, offsets: Any, y_pred: Any) -> np.ndarray:
+    """The adjusted labels [N]: argmax(log probs + offsets) where the written label y_pred is
+    the argmax of probs; y_pred itself elsewhere (-1 = no label, kept)."""
+    p = metrics.check_probs(probs)
+    pred = np.asarray(y_pred, np.int64)
+    b = np.asarray(offsets, np.float64)
+    if b.shape != (p.shape[1],):
+        raise ValueError(f"offsets: expected {p.shape[1]} values, got shape {b.shape}")
+    if pred.shape != (p.shape[0],):
+        raise ValueError(f"y_pred has shape {pred.shape}, expected ({p.shape[0]},)")
+    adjustable = _adjustable(p, pred)
+    adjusted = (np.log(np.maximum(p, _TINY)) + b).argmax(axis=1)
+    return np.where(adjustable, adjusted, pred)
+
+
+def _adjustable(probs: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """A label was written and it is the argmax of the stored probabilities."""
+    return (pred >= 0) & (np.asarray(probs).argmax(axis=1) == pred)
+
+
+def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(metrics.macro_f1(metrics.confusion_matrix(y_true, y_pred)))
+
+
+def fit_offsets(probs: Any, y_true: Any, y_pred: Any, grid: Sequence[float] = DEFAULT_GRID,
+                max_sweeps: int = 20) -> tuple[np.ndarray, float, float]:
+    """Offsets maximising macro-F1 of `decide(probs, b, y_pred)` against y_true.
+
+    Coordinate ascent: b starts at 0; each sweep sets b_c for c = L3, L2, L1 in turn to the
+    grid value with the highest macro-F1 (ties: the value nearest 0, then the current one),
+    until a sweep changes nothing. Returns (offsets [4], macro-F1 at b = 0, at the offsets)."""
+    true = np.asarray(y_true, np.int64)
+    grid = np.asarray(grid, np.float64)
+    if grid.ndim != 1 or not grid.size or not np.isin(0.0, grid):
+        raise ValueError("grid: a 1-D list of offsets that holds 0")
+    order = np.argsort(np.abs(grid), kind="stable")  # nearest 0 first wins ties
+    b = np.zeros(len(LABELS))
+    start = best = _macro_f1(true, decide(probs, b, y_pred))
+    for _ in range(max_sweeps):
+        changed = False
+        for c in range(1, len(LABELS)):
+            scores = []
+            for value in grid[order]:
+                trial = b.copy()
+                trial[c] = value
+                scores.append(_macro_f1(true, decide(probs, trial, y_pred)))
+            top = max(scores)
+            if top > best + 1e-12:
+                b[c] = grid[order][int(np.argmax(scores))]
+                best, changed = top, True
+        if not changed:
+            break
+    return b, start, best
+
+
+def _rows(path: str) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                for key in ("split", "id", "label", "pred", "probs"):
+                    row[key]  # raises KeyError when absent
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{line_no}: not a prediction row ({e})") from None
+            rows.append(row)
+    return rows
+
+
+def _split_arrays(rows: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (np.array([r["label"] for r in rows], np.int64),
+            np.array([r["pred"] for r in rows], np.int64),
+            np.array([r["probs"] for r in rows], np.float64))
+
+
+def _hallucinated(row: Mapping, pred: int) -> bool | None:
+    steps = row.get("steps_correct")
+    if steps is None:
+        return None
+    return bool(all(v is not False for v in steps) and pred != row["label"])
+
+
+def adjust_run(workdir: str, fit_split: str = "dev", name: str = "decision",
+               grid: Sequence[float] = DEFAULT_GRID,
+               splits: Mapping[str, Sequence[Mapping]] | None = None) -> dict[str, Any]:
+    """Fits the offsets on `fit_split` of the run's predictions and writes <workdir>/<name>/
+    (module docstring). `splits` {name: records}, default: the run's own data (its
+    config.json), is what the rule flags are computed from; a prediction whose example is
+    not in it is refused before anything is written. Returns the decision.json dict."""
+    from she_jax import run_dir
+    from she_jax.data import sources
+
+    pred_path = os.path.join(workdir, "predictions.jsonl")
+    eval_path = os.path.join(workdir, run_dir.EVAL_FILE)
+    for path in (pred_path, eval_path, os.path.join(workdir, run_dir.CONFIG_FILE)):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found: evaluate {workdir} first")
+    original = report.read_eval_json(eval_path)
+    by_split: dict[str, list[dict]] = {}
+    for row in _rows(pred_path):
+        by_split.setdefault(row["split"], []).append(row)
+    if fit_split not in by_split:
+        raise ValueError(f"{pred_path}: no predictions for the fitting split {fit_split!r} "
+                         f"(has {sorted(by_split)})")
+    y_true, y_pred, probs = _split_arrays(by_split[fit_split])
+    offsets, before, after = fit_offsets(probs, y_true, y_pred, grid)
+    log.info("decision %s: offsets %s on %s (macro-F1 %.3f -> %.3f)", workdir,
+             offsets.tolist(), fit_split, before, after)
+
+    records = (splits if splits is not None
+               else sources.load_splits(run_dir.load_config(workdir).data))
+    data = {}
+    for split, rows in by_split.items():
+        if split not in original["splits"]:
+            raise ValueError(f"{eval_path}: has no entry for split {split!r} of {pred_path}")
+        by_id = {r["id"]: r for r in records.get(split, [])}
+        for row in rows:
+            record = by_id.get(row["id"])
+            if record is None or st.LABELS.index(record["label"]) != row["label"]:
+                raise ValueError(f"{pred_path}: {split} example {row['id']!r} is not in the "
+                                 "run's data with that gold label: the predictions were made "
+                                 "on other data")
+        data[split] = [by_id[r["id"]] for r in rows]
+    out_dir = os.path.join(workdir, name)
+    os.makedirs(out_dir, exist_ok=True)
+    entries, changed, fixed, new_rows = {}, {}, {}, []
+    for split, rows in by_split.items():
+        y_true, y_pred, probs = _split_arrays(rows)
+        new = decide(probs, offsets, y_pred)
+        changed[split] = int((new != y_pred).sum())
+        fixed[split] = int((~_adjustable(probs, y_pred)).sum())
+        flags = rules.rule_flags(data[split], new)
+        entry = report.build_split_report(y_true, new, probs)
+        kept = original["splits"][split]
+        # The decision changes the label, not the output's format or steps.
+        for key in ("format_valid_rate", "step_accuracy"):
+            entry[key] = kept.get(key)
+        hall = [_hallucinated(r, int(p)) for r, p in zip(rows, new)]
+        annotated = [i for i, h in enumerate(hall) if h is not None]
+        if annotated:
+            all_right = np.array([all(v is not False for v in rows[i]["steps_correct"])
+                                  for i in annotated], bool)
+            entry["hallucination"] = metrics.hallucination_rate(all_right,
+                                                                new[annotated] == y_true[annotated])
+            entry["hallucination_rate"] = entry["hallucination"]["rate"]
+        rules.add_to_entry(entry, flags)
+        entries[split] = entry
+        for i, (row, p) in enumerate(zip(rows, new)):
+            new_rows.append({**row, "pred": int(p), "hallucination": hall[i],
+                             "rule_applies": bool(flags["applies"][i]),
+                             "rule_violation": bool(flags["violated"][i])})
+    with open(os.path.join(workdir, run_dir.CONFIG_FILE)) as f:
+        config = json.load(f)
+    config["decision"] = {"rule": "label_offsets", "fit_split": fit_split}
+    with open(os.path.join(out_dir, run_dir.CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=1)
+    meta = {**(original.get("meta") or {}), "workdir": out_dir, "decision_of": workdir}
+    report.write_eval_json(os.path.join(out_dir, run_dir.EVAL_FILE),
+                           report.make_eval(entries, config=original.get("config"), meta=meta))
+    with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in new_rows)
+    tokenizer_dir = os.path.join(workdir, "tokenizer")
+    if os.path.isdir(tokenizer_dir) and not os.path.exists(os.path.join(out_dir, "tokenizer")):
+        shutil.copytree(tokenizer_dir, os.path.join(out_dir, "tokenizer"))
+    decision = {"rule": "label_offsets", "fit_split": fit_split,
+                "offsets": dict(zip(LABELS, offsets.tolist())),
+                "fit_macro_f1": {"argmax": before, "adjusted": after},
+                "changed": changed, "kept_as_written": fixed,
+                "n": {s: len(r) for s, r in by_split.items()},
+                "source": workdir}
+    with open(os.path.join(out_dir, DECISION_FILE), "w") as f:
+        json.dump(decision, f, indent=1)
+    return decision
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m she_jax.eval.decision",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("workdirs", nargs="+", help="evaluated run directories")
+    parser.add_argument("--fit_split", default="dev", help="split the offsets are fitted on")
+    parser.add_argument("--name", default="decision", help="subdirectory written in each run")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for workdir in args.workdirs:
+        try:
+            d = adjust_run(workdir, args.fit_split, args.name)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        offsets = " ".join(f"{k} {v:+.2f}" for k, v in d["offsets"].items())
+        fit = d["fit_macro_f1"]
+        print(f"{workdir}: {offsets}; {d['fit_split']} macro-F1 {100 * fit['argmax']:.1f} -> "
+              f"{100 * fit['adjusted']:.1f} (in-sample); changed "
+              + ", ".join(f"{s} {c}/{d['n'][s]}" for s, c in d["changed"].items()),
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
