@@ -159,3 +159,58 @@ def test_adjust_run_writes_a_run_the_report_reads(tmp_path, capsys, monkeypatch)
         d["offsets"]
     assert decision.main([str(tmp_path / "missing")]) == 1
     assert "predictions.jsonl not found" in capsys.readouterr().err
+
+
+def test_vote_probs_count_the_greedy_label_as_half_a_sample():
+    votes = [[5, 0, 3, 0, 0],   # a clear L4 majority
+             [4, 0, 4, 0, 0],   # a tie: the greedy label (L2) breaks it
+             [0, 0, 0, 0, 8],   # no sample named a label, nor the greedy output
+             [0, 0, 0, 0, 8]]   # none sampled, the greedy output named L3
+    probs, pred = decision.vote_probs(votes, [L2, L2, -1, L3])
+    assert pred.tolist() == [L4, L2, -1, L3]
+    assert probs[0] == pytest.approx(np.array([5.5, 0.5, 4.0, 0.5]) / 10.5)
+    assert probs.sum(axis=1) == pytest.approx(np.ones(4))
+    with pytest.raises(ValueError, match="votes: expected"):
+        decision.vote_probs([[1, 2, 3, 4]], [0])
+
+
+def test_votes_source_decides_from_the_sampled_distribution(tmp_path):
+    rng = np.random.default_rng(3)
+    y_dev, p_dev = _drifted_policy(200, rng)
+    y_qa, p_qa = _drifted_policy(100, rng)
+    splits = {"dev": [_record(i, LABELS[y], "attribute") for i, y in enumerate(y_dev)],
+              "test_qa": [_record(1000 + i, LABELS[y], "attribute") for i, y in enumerate(y_qa)]}
+    workdir = str(tmp_path / "grpo")
+    greedy = {"dev": p_dev.argmax(axis=1), "test_qa": p_qa.argmax(axis=1)}
+    _write_run(workdir, splits, greedy, {"dev": p_dev, "test_qa": p_qa})
+    with pytest.raises(FileNotFoundError, match="pass_at_k.json not found"):
+        decision.adjust_run(workdir, source="votes", splits=splits)
+    # 8 samples per example from the drifted distribution, as passk writes them.
+    passk_json = {"splits": {}}
+    for split, p in (("dev", p_dev), ("test_qa", p_qa)):
+        votes = np.stack([np.bincount(rng.choice(4, size=8, p=row), minlength=5)
+                          for row in p])
+        passk_json["splits"][split] = {"ids": [r["id"] for r in splits[split]],
+                                       "votes": votes.tolist()}
+    with open(os.path.join(workdir, "pass_at_k.json"), "w") as f:
+        json.dump(passk_json, f)
+
+    plain = decision.adjust_run(workdir, source="votes", fit=False, splits=splits)
+    assert plain["offsets"] == dict.fromkeys(LABELS, 0.0) and plain["rule"] == "argmax"
+    with open(os.path.join(workdir, "vote", "predictions.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    votes = np.array(passk_json["splits"]["test_qa"]["votes"])
+    probs, majority = decision.vote_probs(votes, greedy["test_qa"])
+    assert [r["pred"] for r in rows if r["split"] == "test_qa"] == majority.tolist()
+    entry = report.read_eval_json(os.path.join(workdir, "vote", "eval.json"))["splits"]["dev"]
+    assert entry["step_accuracy"] is None  # k samples have no one chain of steps
+
+    fitted = decision.adjust_run(workdir, source="votes", splits=splits)
+    assert fitted["fit_split"] == "dev" and os.path.isdir(os.path.join(workdir,
+                                                                       "vote_decision"))
+    assert fitted["fit_macro_f1"]["adjusted"] >= plain["fit_macro_f1"]["adjusted"]
+    offsets = np.array([fitted["offsets"][label] for label in LABELS])
+    assert fitted["changed"]["test_qa"] == int(
+        (decision.decide(probs, offsets, majority) != majority).sum())
+    with pytest.raises(ValueError, match="source"):
+        decision.adjust_run(workdir, source="sampled", splits=splits)

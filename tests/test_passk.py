@@ -27,6 +27,14 @@ def test_pass_at_k_from_the_sampled_counts(think_run):
     values = [row[f"pass@{j}"] for j in range(1, 5)]
     assert values == sorted(values)
     assert sum(row["sampled_label_mix"].values()) == pytest.approx(1.0)
+    # Per record, the k samples' labels (L4, L3, L2, L1, none); the gold one's count is
+    # the number right, and the pooled votes are the sampled mix.
+    votes = np.array(row["votes"])
+    assert votes.shape == (8, 5) and (votes.sum(axis=1) == 4).all()
+    gold = [["L4", "L3", "L2", "L1"].index(r) for r in _dev_labels(think_run, 8)]
+    assert votes[np.arange(8), gold].tolist() == row["num_correct"]
+    assert votes[:, 2].sum() / 32 == pytest.approx(row["sampled_label_mix"]["L2"])
+    assert len(row["ids"]) == 8
     assert sum(row["gold_label_mix"].values()) == pytest.approx(1.0)
     with open(os.path.join(think_run, passk.OUTPUT_FILE)) as f:
         assert json.load(f)["splits"]["dev"]["num_correct"] == row["num_correct"]
@@ -38,6 +46,12 @@ def test_pass_at_k_from_the_sampled_counts(think_run):
         assert step["pass@1"] == pytest.approx(step_counts.mean() / 4)
         assert step["pass@4"] == pytest.approx((step_counts > 0).mean())
     assert (np.array(row["steps"]["judgment"]["num_correct"]) <= counts).all()
+
+
+def _dev_labels(workdir, n):
+    from she_jax import run_dir
+    from she_jax.data import sources
+    return [r["label"] for r in sources.load_splits(run_dir.load_config(workdir).data)["dev"][:n]]
 
 
 def test_greedy_samples_are_all_alike(think_run):

@@ -16,21 +16,32 @@ for every method, so a comparison of adjusted runs compares what each policy's l
 distribution knows, not where its prior sits. The fitting split's own score is in-sample
 (optimistic): compare the methods on the other splits.
 
-Exact for think-first runs: the label is the last decision of the output, so re-deciding it
-from the probabilities at its position is what decoding with the offsets would have written,
-and the chain of thought, its steps and format stay. For answer-first runs the label comes
-first and the CoT decoded after it would follow the new label; the steps kept here are those
-of the old one (the label metrics are exact, the step metrics approximate). An example whose
-written label is not the argmax of its stored probabilities (none in a greedy think-first
-evaluation) and an example with no label keep their prediction.
+Which distribution p (`--source`):
+  * eval (default): the evaluation's, from predictions.jsonl. Answer-first: the prefill's
+    4-label softmax, a real distribution; the CoT decoded after the label would follow a
+    new label, and the steps kept here are the old one's (label metrics exact, step
+    metrics approximate). Think-first: the softmax at the label token, which only copies
+    the judgment step's "label: L4" — for the strong start (`sft_think_wide.py`) P is above
+    0.99999 on 95 % of the examples, and above 0.9997 at the judgment's own label word (on
+    128 dev examples): the decision was made in the steps, offsets within the grid change
+    nothing there.
+  * votes: the sampled distribution of a think-first policy, the share of each label among
+    the k answers `python -m she_jax.eval.passk` sampled (pass_at_k.json's 'votes'), with
+    the greedy answer as half a sample (it breaks ties) and 0.5 added to every count
+    (`vote_probs`); at b = 0 the decision is the majority vote (self-consistency). Only the
+    examples passk sampled; no step metrics (k answers have no one chain of steps).
+An example whose written label is not the argmax of its probabilities and one with no label
+keep their prediction.
 
     python -m she_jax.eval.decision RUN [RUN ...] [--fit_split=dev] [--name=decision]
+    python -m she_jax.eval.decision RUN --source=votes [--nofit]   # needs pass_at_k.json
 
-writes RUN/<name>/ — a run directory the cross-run report reads like any other (config.json,
-eval.json, predictions.jsonl) — plus decision.json (the offsets, the fitting split, its
-macro-F1 before and after, how many predictions changed per split):
+writes RUN/<name>/ (default decision/; vote_decision/, or vote/ with --nofit) — a run
+directory the cross-run report reads like any other (config.json, eval.json,
+predictions.jsonl) — plus decision.json (the offsets, the fitting split, its macro-F1
+before and after, how many predictions changed per split):
 
-    python -m she_jax.eval.compare sft=runs/sft/decision grpo=runs/grpo/seed*/decision ...
+    python -m she_jax.eval.compare sft=runs/sft/vote grpo=runs/grpo/vote ...
 """
 
 from __future__ import annotations
@@ -141,44 +152,117 @@ def _hallucinated(row: Mapping, pred: int) -> bool | None:
     return bool(all(v is not False for v in steps) and pred != row["label"])
 
 
-def adjust_run(workdir: str, fit_split: str = "dev", name: str = "decision",
+SOURCES = ("eval", "votes")
+VOTE_SMOOTHING = 0.5  # added to every label's count before the shares are taken
+GREEDY_VOTE = 0.5  # the greedy evaluation's label counts as half a sample (breaks ties)
+
+
+def vote_probs(votes: Any, greedy: Any, smoothing: float = VOTE_SMOOTHING
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The sampled label distribution of each example: votes [N, 5] (samples naming L4, L3,
+    L2, L1, no label), greedy [N] (the greedy label, -1 none) as GREEDY_VOTE of a sample.
+    Returns (probs [N, 4]: the smoothed shares, y_pred [N]: their argmax, -1 where neither
+    a sample nor the greedy output named a label)."""
+    v = np.asarray(votes, np.float64)
+    g = np.asarray(greedy, np.int64)
+    if v.ndim != 2 or v.shape[1] != len(LABELS) + 1 or g.shape != (v.shape[0],):
+        raise ValueError(f"votes: expected [N, {len(LABELS) + 1}] and greedy [N], got "
+                         f"{v.shape} and {g.shape}")
+    counts = v[:, :len(LABELS)] + GREEDY_VOTE * (g[:, None] == np.arange(len(LABELS)))
+    probs = (counts + smoothing) / (counts + smoothing).sum(axis=1, keepdims=True)
+    y_pred = np.where(counts.sum(axis=1) > 0, probs.argmax(axis=1), -1)
+    return probs, y_pred
+
+
+def _eval_rows(workdir: str) -> dict[str, list[dict]]:
+    by_split: dict[str, list[dict]] = {}
+    for row in _rows(os.path.join(workdir, "predictions.jsonl")):
+        by_split.setdefault(row["split"], []).append(row)
+    return by_split
+
+
+def _vote_rows(workdir: str) -> dict[str, list[dict]]:
+    """Rows like predictions.jsonl's from <workdir>/pass_at_k.json: the sampled label
+    distribution (`vote_probs`) as probs, its argmax as pred; no per-example steps."""
+    from she_jax.eval import passk
+
+    path = os.path.join(workdir, passk.OUTPUT_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: run python -m she_jax.eval.passk "
+                                f"--workdir={workdir} first")
+    with open(path) as f:
+        splits = json.load(f).get("splits") or {}
+    greedy = _eval_rows(workdir)
+    by_split = {}
+    for split, entry in splits.items():
+        if "votes" not in entry or "ids" not in entry:
+            raise ValueError(f"{path}: split {split!r} has no per-example votes (written by "
+                             "an older passk): run it again")
+        written = {r["id"]: r for r in greedy.get(split, [])}
+        missing = [i for i in entry["ids"] if i not in written]
+        if missing:
+            raise ValueError(f"{path}: {split} example {missing[0]!r} has no greedy prediction "
+                             f"in {workdir}/predictions.jsonl")
+        rows = [written[i] for i in entry["ids"]]
+        probs, y_pred = vote_probs(entry["votes"], [r["pred"] for r in rows])
+        by_split[split] = [{"split": split, "id": r["id"], "label": r["label"],
+                            "pred": int(y), "probs": p.round(6).tolist()}
+                           for r, y, p in zip(rows, y_pred, probs)]
+    return by_split
+
+
+def adjust_run(workdir: str, fit_split: str = "dev", name: str | None = None,
                grid: Sequence[float] = DEFAULT_GRID,
-               splits: Mapping[str, Sequence[Mapping]] | None = None) -> dict[str, Any]:
-    """Fits the offsets on `fit_split` of the run's predictions and writes <workdir>/<name>/
-    (module docstring). `splits` {name: records}, default: the run's own data (its
-    config.json), is what the rule flags are computed from; a prediction whose example is
-    not in it is refused before anything is written. Returns the decision.json dict."""
+               splits: Mapping[str, Sequence[Mapping]] | None = None, source: str = "eval",
+               fit: bool = True) -> dict[str, Any]:
+    """Fits the offsets on `fit_split` and writes <workdir>/<name>/ (module docstring).
+
+    source: 'eval' — the label distribution of the run's evaluation (predictions.jsonl);
+      'votes' — the sampled one of pass_at_k.json (`vote_probs`; its examples only, no
+      step metrics). fit: False keeps the offsets at 0 (with 'votes': the majority vote).
+    name: default 'decision' (eval), 'vote_decision' / 'vote' (votes, with / without fit).
+    splits: {name: records}, default: the run's own data (its config.json), which the rule
+      flags come from; a prediction whose example is not in it with its gold label is
+      refused before anything is written.
+    Returns the decision.json dict."""
     from she_jax import run_dir
     from she_jax.data import sources
 
-    pred_path = os.path.join(workdir, "predictions.jsonl")
+    if source not in SOURCES:
+        raise ValueError(f"source: {source!r}, expected one of {SOURCES}")
+    if name is None:
+        name = "decision" if source == "eval" else ("vote_decision" if fit else "vote")
     eval_path = os.path.join(workdir, run_dir.EVAL_FILE)
-    for path in (pred_path, eval_path, os.path.join(workdir, run_dir.CONFIG_FILE)):
+    for path in (os.path.join(workdir, "predictions.jsonl"), eval_path,
+                 os.path.join(workdir, run_dir.CONFIG_FILE)):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} not found: evaluate {workdir} first")
     original = report.read_eval_json(eval_path)
-    by_split: dict[str, list[dict]] = {}
-    for row in _rows(pred_path):
-        by_split.setdefault(row["split"], []).append(row)
+    by_split = _eval_rows(workdir) if source == "eval" else _vote_rows(workdir)
+    where = f"{workdir} ({source})"
     if fit_split not in by_split:
-        raise ValueError(f"{pred_path}: no predictions for the fitting split {fit_split!r} "
+        raise ValueError(f"{where}: no predictions for the fitting split {fit_split!r} "
                          f"(has {sorted(by_split)})")
     y_true, y_pred, probs = _split_arrays(by_split[fit_split])
-    offsets, before, after = fit_offsets(probs, y_true, y_pred, grid)
-    log.info("decision %s: offsets %s on %s (macro-F1 %.3f -> %.3f)", workdir,
+    if fit:
+        offsets, before, after = fit_offsets(probs, y_true, y_pred, grid)
+    else:
+        offsets = np.zeros(len(LABELS))
+        before = after = _macro_f1(y_true, decide(probs, offsets, y_pred))
+    log.info("decision %s: offsets %s on %s (macro-F1 %.3f -> %.3f)", where,
              offsets.tolist(), fit_split, before, after)
 
     records = (splits if splits is not None
                else sources.load_splits(run_dir.load_config(workdir).data))
     data = {}
     for split, rows in by_split.items():
-        if split not in original["splits"]:
-            raise ValueError(f"{eval_path}: has no entry for split {split!r} of {pred_path}")
+        if source == "eval" and split not in original["splits"]:
+            raise ValueError(f"{eval_path}: has no entry for split {split!r} of {where}")
         by_id = {r["id"]: r for r in records.get(split, [])}
         for row in rows:
             record = by_id.get(row["id"])
             if record is None or st.LABELS.index(record["label"]) != row["label"]:
-                raise ValueError(f"{pred_path}: {split} example {row['id']!r} is not in the "
+                raise ValueError(f"{where}: {split} example {row['id']!r} is not in the "
                                  "run's data with that gold label: the predictions were made "
                                  "on other data")
         data[split] = [by_id[r["id"]] for r in rows]
@@ -192,27 +276,33 @@ def adjust_run(workdir: str, fit_split: str = "dev", name: str = "decision",
         fixed[split] = int((~_adjustable(probs, y_pred)).sum())
         flags = rules.rule_flags(data[split], new)
         entry = report.build_split_report(y_true, new, probs)
-        kept = original["splits"][split]
-        # The decision changes the label, not the output's format or steps.
-        for key in ("format_valid_rate", "step_accuracy"):
-            entry[key] = kept.get(key)
+        if source == "eval":
+            # The decision changes the label, not the output's format or steps.
+            kept = original["splits"][split]
+            for key in ("format_valid_rate", "step_accuracy"):
+                entry[key] = kept.get(key)
         hall = [_hallucinated(r, int(p)) for r, p in zip(rows, new)]
         annotated = [i for i, h in enumerate(hall) if h is not None]
         if annotated:
             all_right = np.array([all(v is not False for v in rows[i]["steps_correct"])
                                   for i in annotated], bool)
-            entry["hallucination"] = metrics.hallucination_rate(all_right,
-                                                                new[annotated] == y_true[annotated])
+            entry["hallucination"] = metrics.hallucination_rate(
+                all_right, new[annotated] == y_true[annotated])
             entry["hallucination_rate"] = entry["hallucination"]["rate"]
         rules.add_to_entry(entry, flags)
         entries[split] = entry
         for i, (row, p) in enumerate(zip(rows, new)):
-            new_rows.append({**row, "pred": int(p), "hallucination": hall[i],
-                             "rule_applies": bool(flags["applies"][i]),
-                             "rule_violation": bool(flags["violated"][i])})
+            out_row = {**row, "pred": int(p), "rule_applies": bool(flags["applies"][i]),
+                       "rule_violation": bool(flags["violated"][i])}
+            if hall[i] is not None:
+                out_row["hallucination"] = hall[i]
+            new_rows.append(out_row)
     with open(os.path.join(workdir, run_dir.CONFIG_FILE)) as f:
         config = json.load(f)
-    config["decision"] = {"rule": "label_offsets", "fit_split": fit_split}
+    rule = {"rule": "label_offsets" if fit else "argmax", "source": source}
+    if fit:
+        rule["fit_split"] = fit_split
+    config["decision"] = rule
     with open(os.path.join(out_dir, run_dir.CONFIG_FILE), "w") as f:
         json.dump(config, f, indent=1)
     meta = {**(original.get("meta") or {}), "workdir": out_dir, "decision_of": workdir}
@@ -223,12 +313,11 @@ def adjust_run(workdir: str, fit_split: str = "dev", name: str = "decision",
     tokenizer_dir = os.path.join(workdir, "tokenizer")
     if os.path.isdir(tokenizer_dir) and not os.path.exists(os.path.join(out_dir, "tokenizer")):
         shutil.copytree(tokenizer_dir, os.path.join(out_dir, "tokenizer"))
-    decision = {"rule": "label_offsets", "fit_split": fit_split,
-                "offsets": dict(zip(LABELS, offsets.tolist())),
+    decision = {**rule, "offsets": dict(zip(LABELS, offsets.tolist())),
                 "fit_macro_f1": {"argmax": before, "adjusted": after},
                 "changed": changed, "kept_as_written": fixed,
                 "n": {s: len(r) for s, r in by_split.items()},
-                "source": workdir}
+                "from": workdir}
     with open(os.path.join(out_dir, DECISION_FILE), "w") as f:
         json.dump(decision, f, indent=1)
     return decision
@@ -239,12 +328,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("workdirs", nargs="+", help="evaluated run directories")
     parser.add_argument("--fit_split", default="dev", help="split the offsets are fitted on")
-    parser.add_argument("--name", default="decision", help="subdirectory written in each run")
+    parser.add_argument("--name", default=None, help="subdirectory written in each run "
+                        "(default: decision; vote_decision / vote with --source=votes)")
+    parser.add_argument("--source", default="eval", choices=SOURCES,
+                        help="eval: the evaluation's label distribution (predictions.jsonl); "
+                        "votes: the k samples of pass_at_k.json")
+    parser.add_argument("--nofit", dest="fit", action="store_false",
+                        help="offsets 0 (with --source=votes: the majority vote)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for workdir in args.workdirs:
         try:
-            d = adjust_run(workdir, args.fit_split, args.name)
+            d = adjust_run(workdir, args.fit_split, args.name, source=args.source,
+                           fit=args.fit)
         except (FileNotFoundError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -13,8 +13,10 @@ j = 1..k uses the unbiased estimator (`metrics.pass_at_k`). The same is done per
 (each step against its annotation, the evaluation's check, over the records annotated for
 it): the room SRPO's step rewards have — a step no sample gets right cannot be reinforced.
 Writes <workdir>/pass_at_k.json ({split: {'n', 'k', 'pass@1', ..., 'pass@k',
-'format_valid', 'maj@k', 'num_correct', 'sampled_label_mix', 'gold_label_mix', 'steps':
-{step: {'n', 'pass@1', 'pass@k', 'num_correct'}}}}) and prints a table.
+'format_valid', 'maj@k', 'num_correct', 'ids', 'votes' (per record: how many of the k
+samples named L4, L3, L2, L1, and no label — the sampled label distribution, which
+`she_jax.eval.decision --source=votes` decides from), 'sampled_label_mix', 'gold_label_mix',
+'steps': {step: {'n', 'pass@1', 'pass@k', 'num_correct'}}}}) and prints a table.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def split_pass_at_k(model_config, params, tokenizer, records: Sequence[Mapping],
     prompt_len = rollout_lib.prompt_length_for(records, tokenizer)
     num_correct = np.zeros(len(records), np.int64)
     majority_right = np.zeros(len(records), bool)
+    votes = np.zeros((len(records), len(st.LABELS) + 1), np.int64)  # LABELS, then no label
     predicted: list[str | None] = []
     valid = 0
     # Per CoT step: samples with the step right (the evaluation's lenient check), for the
@@ -68,10 +71,13 @@ def split_pass_at_k(model_config, params, tokenizer, records: Sequence[Mapping],
         num_correct[start:start + len(chunk)] = scores["correct"].sum(axis=1)
         predicted += [p.label for row in parsed for p in row]
         for b, (row, record) in enumerate(zip(parsed, chunk)):
-            votes = [p.label for p in row if p.label in st.LABELS]
+            labels = [p.label for p in row if p.label in st.LABELS]
             # The most voted label (ties: the first to reach the top count); none: wrong.
-            top = max(votes, key=votes.count) if votes else None
+            top = max(labels, key=labels.count) if labels else None
             majority_right[start + b] = top == record["label"]
+            for p in row:
+                votes[start + b, st.LABELS.index(p.label) if p.label in st.LABELS
+                      else len(st.LABELS)] += 1
         verified = verifier.verify_batch(parsed, chunk, {"strict": False})  # [B, G, S]
         step_correct[start:start + len(chunk)] = np.where(
             verified["step_known"][:, 0], verified["step_correct"].sum(axis=1), -1)
@@ -81,6 +87,7 @@ def split_pass_at_k(model_config, params, tokenizer, records: Sequence[Mapping],
            **{f"pass@{j}": metrics.pass_at_k(k, num_correct, j) for j in range(1, k + 1)},
            f"maj@{k}": float(majority_right.mean()),
            "format_valid": valid / n_samples, "num_correct": num_correct.tolist(),
+           "ids": [r.get("id") for r in records], "votes": votes.tolist(),
            "sampled_label_mix": {label: sum(p == label for p in predicted) / n_samples
                                  for label in st.LABELS},
            "gold_label_mix": {label: sum(r["label"] == label for r in records) / len(records)
