@@ -157,6 +157,9 @@ def test_adjust_run_writes_a_run_the_report_reads(tmp_path, capsys, monkeypatch)
     assert "dev macro-F1" in printed and f"test_qa {d['changed']['test_qa']}/200" in printed
     assert json.load(open(os.path.join(workdir, "again", "decision.json")))["offsets"] == \
         d["offsets"]
+    # --nofit: offsets 0, the plain decision, said as such.
+    assert decision.main([workdir, "--nofit", "--name=plain"]) == 0
+    assert "L4 +0.00 L3 +0.00 L2 +0.00 L1 +0.00" in capsys.readouterr().out
     assert decision.main([str(tmp_path / "missing")]) == 1
     assert "predictions.jsonl not found" in capsys.readouterr().err
 

@@ -346,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         offsets = " ".join(f"{k} {v:+.2f}" for k, v in d["offsets"].items())
         fit = d["fit_macro_f1"]
-        print(f"{workdir}: {offsets}; {d['fit_split']} macro-F1 {100 * fit['argmax']:.1f} -> "
+        print(f"{workdir}: {offsets}; {args.fit_split} macro-F1 {100 * fit['argmax']:.1f} -> "
               f"{100 * fit['adjusted']:.1f} (in-sample); changed "
               + ", ".join(f"{s} {c}/{d['n'][s]}" for s, c in d["changed"].items()),
               flush=True)
