@@ -12,8 +12,8 @@ For every seed s: `experiments/sft_think.py` trains the starting policy into
 (`--config.init_dir`) with seed s into <out>/<method>/seed<s>. With `--sft_dir` one finished
 SFT run is every seed's start instead (the seeds then vary the RL methods only, and each
 method's paired difference is its mean over seeds against that one run). Every RL method
-gets the same number of optimizer updates (`--updates`, 8 prompts x 8 samples per update at tiny), DPO
-its own config's budget; all are evaluated on the same splits (dev and every test split,
+gets the same number of optimizer updates (`--updates`, 8 prompts x 8 samples per update
+at tiny), DPO its own config's budget; all are evaluated on the same splits (dev and every test split,
 all examples). `--world_seed` and `--test_size` set the ShopWorld seed and the size of each
 test split for every run of the ladder (the sft and rl splits do not depend on test_size).
 Plain `--config.key=value` flags go to every RL method (not to SFT or DPO): e.g.
@@ -26,11 +26,13 @@ them against GRPO. RL runs that select on dev (`--config.eval.select_every=30`) 
 with their selected policies (`<run>/best`) as the setting `<method>_best`, beside the last
 policies, and the ladder prints which step each seed kept.
 
-A second report, <out>/decision/ (and its vs_grpo/), compares the same runs with the label
-decided by per-label offsets fitted on each run's dev predictions (`she_jax.eval.decision`,
-the same rule for every method; `--nodecision` leaves it out): it shows what each policy's
-label distribution ranks right once its label prior is set back, on the test splits (dev is
-the fitting split, so it is not reported there).
+With `--votes=8` every run (the SFT start too) is also evaluated by sampling: 8 answers
+per prompt at temperature 1 (`she_jax.eval.passk`, the first `--votes_examples` of each
+split), and two more reports compare the methods on those samples: <out>/votes/ (the label
+is the majority vote, self-consistency) and <out>/vote_decision/ (the label decided from
+the vote shares with per-label offsets each run fits on its dev votes, `she_jax.eval.decision`;
+reported on the test splits). A finished run whose pass_at_k.json already has those votes
+is not sampled again.
 """
 
 from __future__ import annotations
@@ -83,9 +85,11 @@ def _flag_values() -> flags.FlagValues:
     flags.DEFINE_bool("dry_run", False, "Print the commands, one per line; run nothing.",
                       flag_values=fv)
     flags.DEFINE_bool("report", True, "End with the cross-run report.", flag_values=fv)
-    flags.DEFINE_bool("decision", True, "With the report: also the report of every run with "
-                      "its label decision fitted on dev (she_jax.eval.decision), in "
-                      "<out>/decision/.", flag_values=fv)
+    flags.DEFINE_integer("votes", 0, "With the report: also evaluate every run by k sampled "
+                         "answers per prompt and report the majority vote and the dev-fitted "
+                         "vote decision (0 = off).", lower_bound=0, flag_values=fv)
+    flags.DEFINE_integer("votes_examples", 500, "Examples per split for --votes (0 = all).",
+                         lower_bound=0, flag_values=fv)
     return fv
 
 
@@ -190,13 +194,32 @@ def selected_dirs(sweeps: Sequence[sweep_lib.Sweep]) -> list[str]:
     return named
 
 
-def decision_dirs(sweeps: Sequence[sweep_lib.Sweep], sft_dir: str = "",
-                  fit_split: str = "dev", splits: Mapping[str, Sequence[Mapping]] | None = None
-                  ) -> list[str]:
-    """Fits every finished run's label decision on `fit_split` (she_jax.eval.decision: the
-    same dev-fitted log-probability offsets rule for every method) into <run>/decision/, and
-    returns them as compare's `<label>=<run>/decision` (the SFT start as `sft`). `splits`:
-    the records the rule flags come from (default: each run's own data)."""
+def ensure_votes(workdir: str, k: int, max_examples: int) -> None:
+    """Samples k answers per prompt of every split (she_jax.eval.passk) unless the run's
+    pass_at_k.json already has per-example votes of k samples on the same examples."""
+    from she_jax.eval import evaluate, passk
+
+    path = os.path.join(workdir, passk.OUTPUT_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            done = json.load(f)
+        splits = done.get("splits") or {}
+        if (done.get("k") == k and done.get("max_examples") == max_examples
+                and done.get("temperature") == 1.0 and done.get("seed") == 0
+                and all("votes" in (splits.get(s) or {}) for s in evaluate.DEFAULT_SPLITS)):
+            return
+    print(f"ladder: sampling {k} answers per prompt of {workdir}", flush=True)
+    passk.run_pass_at_k(workdir, k=k, max_examples=max_examples)
+
+
+def vote_dirs(sweeps: Sequence[sweep_lib.Sweep], sft_dir: str = "", fit: bool = False,
+              fit_split: str = "dev", splits: Mapping[str, Sequence[Mapping]] | None = None
+              ) -> list[str]:
+    """Decides every finished run's label from its sampled votes (she_jax.eval.decision,
+    source 'votes': the majority vote, or with `fit` the offsets fitted on `fit_split`) into
+    <run>/vote/ or <run>/vote_decision/, and returns them as compare's `<label>=<dir>` (the
+    SFT start as `sft`). `splits`: the records the rule flags come from (default: each
+    run's own data)."""
     from she_jax.eval import decision
     from she_jax.eval.runs_index import is_run_dir
 
@@ -205,42 +228,46 @@ def decision_dirs(sweeps: Sequence[sweep_lib.Sweep], sft_dir: str = "",
         runs += [(sweep.label, t.workdir) for t in sweep.trials if is_run_dir(t.workdir)]
     named = []
     for label, workdir in runs:
-        d = decision.adjust_run(workdir, fit_split, splits=splits)
-        fit = d["fit_macro_f1"]
-        offsets = " ".join(f"{k} {v:+.2f}" for k, v in d["offsets"].items())
-        print(f"ladder: {label} {os.path.basename(workdir)} decision offsets {offsets} "
-              f"({fit_split} macro-F1 {100 * fit['argmax']:.1f} -> {100 * fit['adjusted']:.1f},"
-              " in-sample)", flush=True)
-        named.append(f"{label}={os.path.join(workdir, 'decision')}")
+        d = decision.adjust_run(workdir, fit_split, splits=splits, source="votes", fit=fit)
+        if fit:
+            fitted = d["fit_macro_f1"]
+            offsets = " ".join(f"{k} {v:+.2f}" for k, v in d["offsets"].items())
+            print(f"ladder: {label} {os.path.basename(workdir)} vote offsets {offsets} "
+                  f"({fit_split} macro-F1 {100 * fitted['argmax']:.1f} -> "
+                  f"{100 * fitted['adjusted']:.1f}, in-sample)", flush=True)
+        named.append(f"{label}={os.path.join(workdir, 'vote_decision' if fit else 'vote')}")
     return named
 
 
-def decision_report(sweeps: Sequence[sweep_lib.Sweep], out: str, sft_dir: str = "",
-                    fit_split: str = "dev",
-                    splits: Mapping[str, Sequence[Mapping]] | None = None) -> list[str]:
-    """<out>/decision/: the report of every run with its dev-fitted decision, on the splits
-    other than the fitting one, against SFT (and in vs_grpo/ against GRPO). Returns the
-    directories it compared."""
+def vote_reports(sweeps: Sequence[sweep_lib.Sweep], out: str, sft_dir: str = "",
+                 fit_split: str = "dev",
+                 splits: Mapping[str, Sequence[Mapping]] | None = None) -> None:
+    """<out>/votes/ (majority vote, every split) and <out>/vote_decision/ (dev-fitted
+    offsets on the vote shares, the splits but `fit_split`), each against SFT and, in
+    vs_grpo/, against GRPO, from the runs' pass_at_k.json votes."""
     from she_jax.eval import compare, report
 
-    dirs = decision_dirs(sweeps, sft_dir, fit_split, splits)
-    held = set()
-    for named in dirs:
-        held |= set(report.read_eval_json(os.path.join(named.split("=", 1)[1], "eval.json"))
-                    ["splits"])
-    reported = [s for s in report.SPLIT_ORDER if s in held and s != fit_split]
-    reported += sorted(held - set(reported) - {fit_split})
-    out = os.path.join(out, "decision")
-    compare.build_report(dirs, out_dir=out, baseline="sft", splits=reported)
-    if any(s.label == "grpo" for s in sweeps):
-        compare.build_report(dirs, out_dir=os.path.join(out, "vs_grpo"), baseline="grpo",
-                             splits=reported)
-    print(f"ladder report, dev-fitted decision: {os.path.join(out, 'report.md')}", flush=True)
-    return dirs
+    for fit, name in ((False, "votes"), (True, "vote_decision")):
+        dirs = vote_dirs(sweeps, sft_dir, fit, fit_split, splits)
+        held = set()
+        for named in dirs:
+            path = os.path.join(named.split("=", 1)[1], "eval.json")
+            held |= set(report.read_eval_json(path)["splits"])
+        if fit:
+            held.discard(fit_split)
+        reported = [s for s in report.SPLIT_ORDER if s in held]
+        reported += sorted(held - set(reported))
+        target = os.path.join(out, name)
+        compare.build_report(dirs, out_dir=target, baseline="sft", splits=reported)
+        if any(s.label == "grpo" for s in sweeps):
+            compare.build_report(dirs, out_dir=os.path.join(target, "vs_grpo"),
+                                 baseline="grpo", splits=reported)
+        print(f"ladder report ({name}): {os.path.join(target, 'report.md')}", flush=True)
 
 
 def run(sweeps: Sequence[sweep_lib.Sweep], out: str, parallel: int = 1,
-        report: bool = True, sft_dir: str = "", decision: bool = True) -> int:
+        report: bool = True, sft_dir: str = "", votes: int = 0,
+        votes_examples: int = 500) -> int:
     """Runs every method's sweep in order (SFT first: the others start from it, or from
     `sft_dir`, evaluated in full first), then the reports. Returns 0 when every run
     finished."""
@@ -257,6 +284,7 @@ def run(sweeps: Sequence[sweep_lib.Sweep], out: str, parallel: int = 1,
         status = status or code
     if report:
         from she_jax.eval import compare
+        from she_jax.eval.runs_index import is_run_dir
 
         dirs = ([f"sft={sft_dir}"] if sft_dir else []) + [s.out for s in sweeps]
         dirs += selected_dirs(sweeps)
@@ -264,8 +292,11 @@ def run(sweeps: Sequence[sweep_lib.Sweep], out: str, parallel: int = 1,
         if any(s.label == "grpo" for s in sweeps):
             compare.build_report(dirs, out_dir=os.path.join(out, "vs_grpo"), baseline="grpo")
         print(f"ladder report: {os.path.join(out, 'report.md')}", flush=True)
-        if decision:
-            decision_report(sweeps, out, sft_dir)
+        if votes:
+            for workdir in ([sft_dir] if sft_dir else []) + [
+                    t.workdir for s in sweeps for t in s.trials if is_run_dir(t.workdir)]:
+                ensure_votes(workdir, votes, votes_examples)
+            vote_reports(sweeps, out, sft_dir)
     return status
 
 
@@ -285,7 +316,8 @@ def main(argv: Sequence[str]) -> int:
             for trial in sweep.trials:
                 print(sweep_lib.display_command(trial.command))
         return 0
-    return run(sweeps, fv.out, fv.parallel, fv.report, fv.sft_dir, fv.decision)
+    return run(sweeps, fv.out, fv.parallel, fv.report, fv.sft_dir, fv.votes,
+               fv.votes_examples)
 
 
 if __name__ == "__main__":

@@ -185,49 +185,70 @@ def test_report_lists_the_dev_selected_policies_beside_the_last(tmp_path, capsys
     assert entry["metrics"]["accuracy"]["diff"] == pytest.approx(0.25)
 
 
-def test_decision_report_refits_every_run_and_pairs_them_on_the_test_splits(tmp_path, capsys):
-    """Every finished run (the given SFT start and each trial) gets <run>/decision/ fitted on
-    its dev predictions; the decision report pairs them against SFT on the other splits."""
+def test_vote_reports_decide_every_run_from_its_samples(tmp_path, capsys, monkeypatch):
+    """--votes: every finished run (the given SFT start and each trial) is decided from its
+    pass_at_k.json votes, by majority (<out>/votes/) and with offsets fitted on its dev votes
+    (<out>/vote_decision/, dev not reported), each paired against SFT."""
     out = str(tmp_path / "ladder")
     y = {"dev": [0, 0, 2, 2, 1, 3], "test_qa": [0, 2, 2, 0, 3, 1]}
     records = {s: [{"id": f"{s}-{i}", "label": ["L4", "L3", "L2", "L1"][t],
                     "query_type": "category", "annotations": None} for i, t in enumerate(ys)]
                for s, ys in y.items()}
     data = {"source": "shopworld", "world": "tiny", "world_overrides": {"seed": 0}}
+
+    def write_votes(workdir, votes):
+        with open(os.path.join(workdir, "pass_at_k.json"), "w") as f:
+            json.dump({"k": 8, "max_examples": 500, "temperature": 1.0, "seed": 0,
+                       "splits": {s: {"ids": [f"{s}-{i}" for i in range(6)],
+                                      "votes": votes(ys)} for s, ys in y.items()}}, f)
+
     sft = write_run(str(tmp_path / "sft"), {"name": "sft_think", "seed": 0, "data": data},
                     {s: (ys, ys, None) for s, ys in y.items()})
+    write_votes(sft, lambda ys: [[8 if c == t else 0 for c in range(4)] + [0] for t in ys])
     sweeps = ladder.plan(["grpo"], ["0", "1"], out, sft_dir=sft)
     for sweep in sweeps:
         for trial, seed in zip(sweep.trials, (0, 1)):
-            # Everything predicted L4 with the probabilities of test_compare.write_run
-            # (uniform): the written label is their argmax, so the decision may move it.
             write_run(trial.workdir, {"name": "grpo", "seed": seed, "data_seed": seed,
                                       "data": data},
                       {s: (ys, [0] * len(ys), None) for s, ys in y.items()})
-            # Probabilities that rank gold L2 second, close behind L4 (the others far
-            # behind): an offset on L2 fitted on dev turns those into L2 on test_qa too.
-            path = os.path.join(trial.workdir, "predictions.jsonl")
-            with open(path) as f:
-                rows = [json.loads(line) for line in f]
-            for row in rows:
-                row["probs"] = [0.5, 0.05, 0.4, 0.05] if row["label"] == 2 else [0.7, 0.1, 0.1,
-                                                                                 0.1]
-            with open(path, "w") as f:
-                f.writelines(json.dumps(row) + "\n" for row in rows)
+            # Greedy all L4; the samples: 5 L4, and 3 for the gold label when it is L2 (a
+            # majority for L4 that an offset on L2 fitted on dev turns into L2).
+            write_votes(trial.workdir, lambda ys: [[5, 0, 3 if t == 2 else 0, 0,
+                                                    0 if t == 2 else 3] for t in ys])
             trial.status = "finished"
         sweep.write()
-    dirs = ladder.decision_report(sweeps, out, sft_dir=sft, splits=records)
-    assert dirs == [f"sft={sft}/decision"] + [
-        f"grpo={os.path.join(out, 'grpo', f'seed{s}', 'decision')}" for s in (0, 1)]
+    # ensure_votes leaves finished votes alone (nothing is sampled here).
+    monkeypatch.setattr("she_jax.eval.passk.run_pass_at_k",
+                        lambda *a, **k: pytest.fail("sampled again"))
+    ladder.vote_reports(sweeps, out, sft_dir=sft, splits=records)
     printed = capsys.readouterr().out
-    assert "ladder: grpo seed1 decision offsets L4 +0.00 L3 +0.00 L2 +0.25 L1 +0.00" in printed
-    with open(os.path.join(out, "decision", "report.json")) as f:
-        result = json.load(f)
-    assert sorted(result["splits"]) == ["test_qa"]  # dev fitted the offsets: not reported
-    assert [s["name"] for s in result["settings"]] == ["sft", "grpo"]
-    # test_qa: L4 and L2 right after the decision (L3, L1 still called L4), against all L4.
-    cell = result["splits"]["test_qa"]["grpo"]["metrics"]["accuracy"]
-    assert cell["mean"] == pytest.approx(4 / 6)
-    assert result["paired"]["test_qa"]["grpo"]["metrics"]["accuracy"]["diff"] == \
+    assert "ladder: grpo seed1 vote offsets L4 +0.00 L3 +0.00 L2 +0.55 L1 +0.00" in printed
+    with open(os.path.join(out, "votes", "report.json")) as f:
+        votes = json.load(f)
+    with open(os.path.join(out, "vote_decision", "report.json")) as f:
+        fitted = json.load(f)
+    assert sorted(votes["splits"]) == ["dev", "test_qa"]
+    assert sorted(fitted["splits"]) == ["test_qa"]  # dev fitted the offsets: not reported
+    assert [s["name"] for s in fitted["settings"]] == ["sft", "grpo"]
+    acc = {name: r["splits"]["test_qa"]["grpo"]["metrics"]["accuracy"]["mean"]
+           for name, r in (("votes", votes), ("fitted", fitted))}
+    assert acc == {"votes": pytest.approx(2 / 6), "fitted": pytest.approx(4 / 6)}
+    assert fitted["paired"]["test_qa"]["grpo"]["metrics"]["accuracy"]["diff"] == \
         pytest.approx(4 / 6 - 1)
-    assert os.path.isfile(os.path.join(out, "decision", "vs_grpo", "report.md"))
+    assert os.path.isfile(os.path.join(out, "vote_decision", "vs_grpo", "report.md"))
+
+
+def test_ensure_votes_samples_unless_the_votes_are_there(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("she_jax.eval.passk.run_pass_at_k",
+                        lambda workdir, k, max_examples: calls.append((workdir, k, max_examples)))
+    workdir = str(tmp_path)
+    ladder.ensure_votes(workdir, 8, 500)  # no pass_at_k.json
+    from she_jax.eval import evaluate
+    with open(os.path.join(workdir, "pass_at_k.json"), "w") as f:
+        json.dump({"k": 8, "max_examples": 500, "temperature": 1.0, "seed": 0,
+                   "splits": {s: {"votes": []} for s in evaluate.DEFAULT_SPLITS}}, f)
+    ladder.ensure_votes(workdir, 8, 500)  # done: not again
+    ladder.ensure_votes(workdir, 4, 500)  # other k
+    ladder.ensure_votes(workdir, 8, 0)  # other examples
+    assert calls == [(workdir, 8, 500), (workdir, 4, 500), (workdir, 8, 0)]

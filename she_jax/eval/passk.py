@@ -12,11 +12,12 @@ distribution RL samples from), parsed, and scored against the gold label; pass@j
 j = 1..k uses the unbiased estimator (`metrics.pass_at_k`). The same is done per CoT step
 (each step against its annotation, the evaluation's check, over the records annotated for
 it): the room SRPO's step rewards have — a step no sample gets right cannot be reinforced.
-Writes <workdir>/pass_at_k.json ({split: {'n', 'k', 'pass@1', ..., 'pass@k',
+Writes <workdir>/pass_at_k.json ({'order', 'k', 'max_examples', 'temperature', 'seed',
+'splits': {split: {'n', 'k', 'pass@1', ..., 'pass@k',
 'format_valid', 'maj@k', 'num_correct', 'ids', 'votes' (per record: how many of the k
 samples named L4, L3, L2, L1, and no label — the sampled label distribution, which
 `she_jax.eval.decision --source=votes` decides from), 'sampled_label_mix', 'gold_label_mix',
-'steps': {step: {'n', 'pass@1', 'pass@k', 'num_correct'}}}}) and prints a table.
+'steps': {step: {'n', 'pass@1', 'pass@k', 'num_correct'}}}}}) and prints a table.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ def run_pass_at_k(workdir: str, *, k: int = 8, splits: Sequence[str] | None = No
         print(f"{'':18s} step pass@1/pass@{k}: {steps}", flush=True)
     path = os.path.join(workdir, OUTPUT_FILE)
     with open(path + ".tmp", "w") as f:
-        json.dump({"order": order, "splits": result}, f, indent=1)
+        json.dump({"order": order, "k": k, "max_examples": max_examples,
+                   "temperature": temperature, "seed": seed, "splits": result}, f, indent=1)
     os.replace(path + ".tmp", path)
     return result
 
