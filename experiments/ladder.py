@@ -14,8 +14,9 @@ SFT run is every seed's start instead (the seeds then vary the RL methods only, 
 method's paired difference is its mean over seeds against that one run). Every RL method
 gets the same number of optimizer updates (`--updates`, 8 prompts x 8 samples per update
 at tiny), DPO its own config's budget; all are evaluated on the same splits (dev and every
-test split, all examples). `--world_seed` and `--test_size` set the ShopWorld seed and the size of each
-test split for every run of the ladder (the sft and rl splits do not depend on test_size).
+test split, all examples). `--world_seed` and `--test_size` set the ShopWorld seed and the
+size of each test split for every run of the ladder (the sft and rl splits do not depend on
+test_size).
 Plain `--config.key=value` flags go to every RL method (not to SFT or DPO): e.g.
 `--config.optimizer.lr=2e-5`.
 
