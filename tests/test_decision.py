@@ -147,6 +147,13 @@ def test_adjust_run_writes_a_run_the_report_reads(tmp_path, capsys, monkeypatch)
     cell = result["splits"]["test_qa"]["adjusted"]["metrics"]["macro_f1"]
     assert cell["mean"] == pytest.approx(_macro_f1(y_qa, new_qa))
 
+    # A prediction line without probabilities is named with its file and line.
+    bad = str(tmp_path / "bad")
+    _write_run(bad, splits, preds, {"dev": p_dev, "test_qa": p_qa})
+    with open(os.path.join(bad, "predictions.jsonl"), "a") as f:
+        f.write(json.dumps({"split": "dev", "id": "x", "label": 0, "pred": 0}) + "\n")
+    with pytest.raises(ValueError, match=r"bad/predictions.jsonl:501: not a prediction row"):
+        decision.adjust_run(bad, splits=splits)
     # The command line: the run's data comes from its config (stood in for here).
     from she_jax import run_dir
     from she_jax.data import sources

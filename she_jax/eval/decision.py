@@ -97,8 +97,8 @@ def fit_offsets(probs: Any, y_true: Any, y_pred: Any, grid: Sequence[float] = DE
     """Offsets maximising macro-F1 of `decide(probs, b, y_pred)` against y_true.
 
     Coordinate ascent: b starts at 0; each sweep sets b_c for c = L3, L2, L1 in turn to the
-    grid value with the highest macro-F1 (ties: the value nearest 0, then the current one),
-    until a sweep changes nothing. Returns (offsets [4], macro-F1 at b = 0, at the offsets)."""
+    grid value with the highest macro-F1 when it beats the current one (among equal
+    values, the one nearest 0), until a sweep changes nothing. Returns (offsets [4], macro-F1 at b = 0, at the offsets)."""
     true = np.asarray(y_true, np.int64)
     grid = np.asarray(grid, np.float64)
     if grid.ndim != 1 or not grid.size or not np.isin(0.0, grid):
