@@ -213,31 +213,43 @@ def ensure_votes(workdir: str, k: int, max_examples: int) -> None:
     passk.run_pass_at_k(workdir, k=k, max_examples=max_examples)
 
 
-def vote_dirs(sweeps: Sequence[sweep_lib.Sweep], sft_dir: str = "", fit: bool = False,
-              fit_split: str = "dev", splits: Mapping[str, Sequence[Mapping]] | None = None
-              ) -> list[str]:
-    """Decides every finished run's label from its sampled votes (she_jax.eval.decision,
-    source 'votes': the majority vote, or with `fit` the offsets fitted on `fit_split`) into
-    <run>/vote/ or <run>/vote_decision/, and returns them as compare's `<label>=<dir>` (the
-    SFT start as `sft`). `splits`: the records the rule flags come from (default: each
-    run's own data)."""
-    from she_jax.eval import decision
+def finished_runs(sweeps: Sequence[sweep_lib.Sweep], sft_dir: str = ""
+                  ) -> list[tuple[str, str]]:
+    """(label, workdir) of the given SFT start (`sft`) and of every evaluated trial."""
     from she_jax.eval.runs_index import is_run_dir
 
     runs = [("sft", sft_dir)] if sft_dir else []
     for sweep in sweeps:
         runs += [(sweep.label, t.workdir) for t in sweep.trials if is_run_dir(t.workdir)]
-    named = []
-    for label, workdir in runs:
-        d = decision.adjust_run(workdir, fit_split, splits=splits, source="votes", fit=fit)
-        if fit:
-            fitted = d["fit_macro_f1"]
-            offsets = " ".join(f"{k} {v:+.2f}" for k, v in d["offsets"].items())
-            print(f"ladder: {label} {os.path.basename(workdir)} vote offsets {offsets} "
-                  f"({fit_split} macro-F1 {100 * fitted['argmax']:.1f} -> "
-                  f"{100 * fitted['adjusted']:.1f}, in-sample)", flush=True)
-        named.append(f"{label}={os.path.join(workdir, 'vote_decision' if fit else 'vote')}")
-    return named
+    return runs
+
+
+def vote_dirs(sweeps: Sequence[sweep_lib.Sweep], sft_dir: str = "", fit_split: str = "dev",
+              splits: Mapping[str, Sequence[Mapping]] | None = None
+              ) -> tuple[list[str], list[str]]:
+    """Decides every finished run's label from its sampled votes (she_jax.eval.decision,
+    source 'votes') twice: by majority into <run>/vote/, with offsets fitted on `fit_split`
+    into <run>/vote_decision/; returns both lists as compare's `<label>=<dir>` (the SFT
+    start as `sft`). `splits`: the records the rule flags come from (default: each run's
+    own data, read once per run)."""
+    from she_jax import run_dir
+    from she_jax.data import sources
+    from she_jax.eval import decision
+
+    plain, fitted = [], []
+    for label, workdir in finished_runs(sweeps, sft_dir):
+        records = (splits if splits is not None
+                   else sources.load_splits(run_dir.load_config(workdir).data))
+        decision.adjust_run(workdir, fit_split, splits=records, source="votes", fit=False)
+        d = decision.adjust_run(workdir, fit_split, splits=records, source="votes")
+        fit = d["fit_macro_f1"]
+        offsets = " ".join(f"{k} {v:+.2f}" for k, v in d["offsets"].items())
+        print(f"ladder: {label} {os.path.basename(workdir)} vote offsets {offsets} "
+              f"({fit_split} macro-F1 {100 * fit['argmax']:.1f} -> "
+              f"{100 * fit['adjusted']:.1f}, in-sample)", flush=True)
+        plain.append(f"{label}={os.path.join(workdir, 'vote')}")
+        fitted.append(f"{label}={os.path.join(workdir, 'vote_decision')}")
+    return plain, fitted
 
 
 def vote_reports(sweeps: Sequence[sweep_lib.Sweep], out: str, sft_dir: str = "",
@@ -248,13 +260,13 @@ def vote_reports(sweeps: Sequence[sweep_lib.Sweep], out: str, sft_dir: str = "",
     vs_grpo/, against GRPO, from the runs' pass_at_k.json votes."""
     from she_jax.eval import compare, report
 
-    for fit, name in ((False, "votes"), (True, "vote_decision")):
-        dirs = vote_dirs(sweeps, sft_dir, fit, fit_split, splits)
+    plain, fitted = vote_dirs(sweeps, sft_dir, fit_split, splits)
+    for dirs, name in ((plain, "votes"), (fitted, "vote_decision")):
         held = set()
         for named in dirs:
             path = os.path.join(named.split("=", 1)[1], "eval.json")
             held |= set(report.read_eval_json(path)["splits"])
-        if fit:
+        if name == "vote_decision":
             held.discard(fit_split)
         reported = [s for s in report.SPLIT_ORDER if s in held]
         reported += sorted(held - set(reported))
@@ -285,7 +297,6 @@ def run(sweeps: Sequence[sweep_lib.Sweep], out: str, parallel: int = 1,
         status = status or code
     if report:
         from she_jax.eval import compare
-        from she_jax.eval.runs_index import is_run_dir
 
         dirs = ([f"sft={sft_dir}"] if sft_dir else []) + [s.out for s in sweeps]
         dirs += selected_dirs(sweeps)
@@ -294,8 +305,7 @@ def run(sweeps: Sequence[sweep_lib.Sweep], out: str, parallel: int = 1,
             compare.build_report(dirs, out_dir=os.path.join(out, "vs_grpo"), baseline="grpo")
         print(f"ladder report: {os.path.join(out, 'report.md')}", flush=True)
         if votes:
-            for workdir in ([sft_dir] if sft_dir else []) + [
-                    t.workdir for s in sweeps for t in s.trials if is_run_dir(t.workdir)]:
+            for _, workdir in finished_runs(sweeps, sft_dir):
                 ensure_votes(workdir, votes, votes_examples)
             vote_reports(sweeps, out, sft_dir)
     return status

@@ -50,7 +50,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -71,21 +70,26 @@ _TINY = 1e-12
 def decide(probs: Any, offsets: Any, y_pred: Any) -> np.ndarray:
     """The adjusted labels [N]: argmax(log probs + offsets) where the written label y_pred is
     the argmax of probs; y_pred itself elsewhere (-1 = no label, kept)."""
+    logp, adjustable, pred = _prepare(probs, y_pred)
+    b = np.asarray(offsets, np.float64)
+    if b.shape != (logp.shape[1],):
+        raise ValueError(f"offsets: expected {logp.shape[1]} values, got shape {b.shape}")
+    return _decide(logp, adjustable, pred, b)
+
+
+def _prepare(probs: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(log probs, adjustable: a label was written and it is the argmax of probs, y_pred),
+    checked once for every decision made on them."""
     p = metrics.check_probs(probs)
     pred = np.asarray(y_pred, np.int64)
-    b = np.asarray(offsets, np.float64)
-    if b.shape != (p.shape[1],):
-        raise ValueError(f"offsets: expected {p.shape[1]} values, got shape {b.shape}")
     if pred.shape != (p.shape[0],):
         raise ValueError(f"y_pred has shape {pred.shape}, expected ({p.shape[0]},)")
-    adjustable = _adjustable(p, pred)
-    adjusted = (np.log(np.maximum(p, _TINY)) + b).argmax(axis=1)
-    return np.where(adjustable, adjusted, pred)
+    return np.log(np.maximum(p, _TINY)), (pred >= 0) & (p.argmax(axis=1) == pred), pred
 
 
-def _adjustable(probs: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """A label was written and it is the argmax of the stored probabilities."""
-    return (pred >= 0) & (np.asarray(probs).argmax(axis=1) == pred)
+def _decide(logp: np.ndarray, adjustable: np.ndarray, pred: np.ndarray,
+            offsets: np.ndarray) -> np.ndarray:
+    return np.where(adjustable, (logp + offsets).argmax(axis=1), pred)
 
 
 def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -98,14 +102,16 @@ def fit_offsets(probs: Any, y_true: Any, y_pred: Any, grid: Sequence[float] = DE
 
     Coordinate ascent: b starts at 0; each sweep sets b_c for c = L3, L2, L1 in turn to the
     grid value with the highest macro-F1 when it beats the current one (among equal
-    values, the one nearest 0), until a sweep changes nothing. Returns (offsets [4], macro-F1 at b = 0, at the offsets)."""
+    values, the one nearest 0), until a sweep changes nothing. Returns (offsets [4],
+    macro-F1 at b = 0, at the offsets)."""
     true = np.asarray(y_true, np.int64)
     grid = np.asarray(grid, np.float64)
     if grid.ndim != 1 or not grid.size or not np.isin(0.0, grid):
         raise ValueError("grid: a 1-D list of offsets that holds 0")
     order = np.argsort(np.abs(grid), kind="stable")  # nearest 0 first wins ties
+    prepared = _prepare(probs, y_pred)
     b = np.zeros(len(LABELS))
-    start = best = _macro_f1(true, decide(probs, b, y_pred))
+    start = best = _macro_f1(true, _decide(*prepared, b))
     for _ in range(max_sweeps):
         changed = False
         for c in range(1, len(LABELS)):
@@ -113,7 +119,7 @@ def fit_offsets(probs: Any, y_true: Any, y_pred: Any, grid: Sequence[float] = DE
             for value in grid[order]:
                 trial = b.copy()
                 trial[c] = value
-                scores.append(_macro_f1(true, decide(probs, trial, y_pred)))
+                scores.append(_macro_f1(true, _decide(*prepared, trial)))
             top = max(scores)
             if top > best + 1e-12:
                 b[c] = grid[order][int(np.argmax(scores))]
@@ -124,18 +130,14 @@ def fit_offsets(probs: Any, y_true: Any, y_pred: Any, grid: Sequence[float] = DE
 
 
 def _rows(path: str) -> list[dict]:
+    from she_jax.eval.runs_index import _read_jsonl
+
     rows = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                for key in ("split", "id", "label", "pred", "probs"):
-                    row[key]  # raises KeyError when absent
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{line_no}: not a prediction row ({e})") from None
-            rows.append(row)
+    for line_no, row in _read_jsonl(path):
+        missing = [k for k in ("split", "id", "label", "pred", "probs") if k not in row]
+        if missing:
+            raise ValueError(f"{path}:{line_no}: not a prediction row (no {missing[0]!r})")
+        rows.append(row)
     return rows
 
 
@@ -145,11 +147,10 @@ def _split_arrays(rows: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray, np.n
             np.array([r["probs"] for r in rows], np.float64))
 
 
-def _hallucinated(row: Mapping, pred: int) -> bool | None:
+def _steps_all_right(row: Mapping) -> bool | None:
+    """Every annotated step of the row right (None: the example is not annotated)."""
     steps = row.get("steps_correct")
-    if steps is None:
-        return None
-    return bool(all(v is not False for v in steps) and pred != row["label"])
+    return None if steps is None else all(v is not False for v in steps)
 
 
 SOURCES = ("eval", "votes")
@@ -271,9 +272,10 @@ def adjust_run(workdir: str, fit_split: str = "dev", name: str | None = None,
     entries, changed, fixed, new_rows = {}, {}, {}, []
     for split, rows in by_split.items():
         y_true, y_pred, probs = _split_arrays(rows)
-        new = decide(probs, offsets, y_pred)
+        prepared = _prepare(probs, y_pred)
+        new = _decide(*prepared, offsets)
         changed[split] = int((new != y_pred).sum())
-        fixed[split] = int((~_adjustable(probs, y_pred)).sum())
+        fixed[split] = int((~prepared[1]).sum())
         flags = rules.rule_flags(data[split], new)
         entry = report.build_split_report(y_true, new, probs)
         if source == "eval":
@@ -281,13 +283,14 @@ def adjust_run(workdir: str, fit_split: str = "dev", name: str | None = None,
             kept = original["splits"][split]
             for key in ("format_valid_rate", "step_accuracy"):
                 entry[key] = kept.get(key)
-        hall = [_hallucinated(r, int(p)) for r, p in zip(rows, new)]
-        annotated = [i for i, h in enumerate(hall) if h is not None]
+        all_right = [_steps_all_right(r) for r in rows]
+        hall = [None if a is None else bool(a and p != t)
+                for a, p, t in zip(all_right, new, y_true)]
+        annotated = [i for i, a in enumerate(all_right) if a is not None]
         if annotated:
-            all_right = np.array([all(v is not False for v in rows[i]["steps_correct"])
-                                  for i in annotated], bool)
             entry["hallucination"] = metrics.hallucination_rate(
-                all_right, new[annotated] == y_true[annotated])
+                np.array([all_right[i] for i in annotated], bool),
+                new[annotated] == y_true[annotated])
             entry["hallucination_rate"] = entry["hallucination"]["rate"]
         rules.add_to_entry(entry, flags)
         entries[split] = entry
@@ -310,9 +313,6 @@ def adjust_run(workdir: str, fit_split: str = "dev", name: str | None = None,
                            report.make_eval(entries, config=original.get("config"), meta=meta))
     with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in new_rows)
-    tokenizer_dir = os.path.join(workdir, "tokenizer")
-    if os.path.isdir(tokenizer_dir) and not os.path.exists(os.path.join(out_dir, "tokenizer")):
-        shutil.copytree(tokenizer_dir, os.path.join(out_dir, "tokenizer"))
     decision = {**rule, "offsets": dict(zip(LABELS, offsets.tolist())),
                 "fit_macro_f1": {"argmax": before, "adjusted": after},
                 "changed": changed, "kept_as_written": fixed,
