@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from she_jax import special_tokens
 
-SCALES = ("std", "none")
+SCALES = ("std", "none", "mean")
 STEP_MODES = ("per_step", "process")
 ADVANTAGE_MODES = ("outcome",) + STEP_MODES
 NUM_STEPS = len(special_tokens.STEP_NAMES)
@@ -58,6 +58,11 @@ def _standardize(values: jax.Array, valid: jax.Array, axes: tuple[int, ...], sca
     if scale == "std":
         std = jnp.sqrt(jnp.sum(centered * centered, axis=axes, keepdims=True) / safe_count)
         centered = centered / (std + eps)
+    elif scale == "mean":
+        # The group's success rate: rewards clipped to [0, 1] (a penalty below 0 is no
+        # success), floored at one success among the valid entries.
+        success = jnp.sum(jnp.clip(values, 0.0, 1.0), axis=axes, keepdims=True) / safe_count
+        centered = centered / jnp.maximum(success, 1.0 / safe_count)
     return centered, count
 
 
@@ -70,7 +75,15 @@ def group_advantages(rewards: jax.Array, *, scale: str = "std", eps: float = 1e-
     (valid False) get 0 and are left out of their group's mean and std.
     scale 'std': (r - mean) / (std + eps), std the population std (see the module
     docstring); 'none': r - mean (Dr.GRPO, which drops the std to avoid up-weighting
-    groups with nearly equal rewards). A group whose rewards are all equal gets 0.
+    groups with nearly equal rewards); 'mean': (r - mean) / p, p the group's success rate
+    (the mean of the rewards clipped to [0, 1], at least 1 / the valid count). With a 0/1
+    reward, E[(r - p) grad log pi] / p = grad log p: the update climbs the log-likelihood
+    of a right answer, sum_x log p(x), not the expected accuracy sum_x p(x) — the same
+    objective as SFT's, whose optimum on examples the policy cannot tell apart is their
+    label mix, not the majority label (accuracy's optimum, which drags the predicted mix
+    toward it). It also weights a prompt by 1 / p: hard prompts count most. (Maximum
+    likelihood RL; leave the clamp off, `advantage.clamp=0`, so the 1 / p weight survives.)
+    A group whose rewards are all equal gets 0.
     Returns [B, G] float32.
     """
     _check_choice("scale", scale, SCALES)
@@ -118,7 +131,8 @@ def step_group_advantages(step_rewards: jax.Array, step_valid: jax.Array, *,
       with the rewards of its own step and of every later step it leads to. This holds for
       an invalid step too (its tokens still precede the later rewards); a group with fewer
       than 2 valid step rewards gets 0.
-    scale: 'std' or 'none' (mean-centring only), as in `group_advantages`.
+    scale: 'std', 'none' (mean-centring only) or 'mean' (divided by the success rate), as
+    in `group_advantages`.
     Returns [B, G, S] float32.
     """
     _check_choice("mode", mode, STEP_MODES)
@@ -227,7 +241,8 @@ class StepAdvantageConfig:
     # 'outcome': plain GRPO (one sequence advantage on every token); 'per_step' /
     # 'process': SRPO step advantages (see step_group_advantages) plus the outcome term.
     mode: str = "outcome"
-    # Group normalization of outcome and step rewards: 'std' (GRPO) | 'none' (Dr.GRPO).
+    # Group normalization of outcome and step rewards: 'std' (GRPO) | 'none' (Dr.GRPO) |
+    # 'mean' (maximum-likelihood RL: divided by the group's success rate).
     scale: str = "std"
     # Weight of the outcome (sequence) advantage added to every token in the step modes.
     outcome_weight: float = 1.0

@@ -79,7 +79,7 @@ def rl_section() -> ml_collections.ConfigDict:
     # Advantages (she_jax.rl.advantages.StepAdvantageConfig).
     c.advantage = ml_collections.ConfigDict()
     c.advantage.mode = "outcome"  # 'outcome' (GRPO) | 'per_step' | 'process' (SRPO)
-    c.advantage.scale = "std"  # 'std' (GRPO) | 'none' (Dr.GRPO mean-only)
+    c.advantage.scale = "std"  # 'std' (GRPO) | 'none' (Dr.GRPO mean-only) | 'mean' (log-lik.)
     c.advantage.clamp = 2.0  # per-token |advantage| clamp; <= 0 disables
     c.advantage.outcome_weight = 1.0  # weight of the outcome advantage in step modes
     c.advantage.step_weight = 1.0  # weight of the step advantage in step modes
