@@ -28,6 +28,22 @@ def test_group_advantages_std_and_mean_only():
                  [[0.5, -0.5, -0.5, 0.5], [0, 0, 0, 0]])
 
 
+def test_group_advantages_mean_scale_divides_by_the_success_rate():
+    rewards = jnp.array([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0], [0.0, -0.5, 0.0, 0.0],
+                         [1.0, -0.5, 1.0, 0.0]])
+    # Group 0: success 1/4, mean 1/4 -> (r - 1/4) * 4: the one right answer +3, the rest -1
+    # (std scaling would give +1.73 / -0.58). Group 1: success 3/4 -> (r - 3/4) / (3/4).
+    # Group 2: no success (the penalty is not one): floored at 1 / 4 -> (r + 1/8) * 4.
+    # Group 3: success 2/4 (-0.5 counts as 0), mean 3/8 -> (r - 3/8) * 2.
+    assert_close(adv.group_advantages(rewards, scale="mean"),
+                 [[3, -1, -1, -1], [1 / 3, 1 / 3, 1 / 3, -1], [0.5, -1.5, 0.5, 0.5],
+                  [1.25, -1.75, 1.25, -0.75]])
+    # Statistics over the valid rows only: {1, 0} -> success 1/2 -> +-1; invalid rows 0.
+    valid = jnp.array([[True, True, False, False]] * 4)
+    assert_close(adv.group_advantages(rewards[:1], scale="mean", valid=valid[:1]),
+                 [[1, -1, 0, 0]])
+
+
 def test_group_advantages_use_population_std_over_valid_rows():
     rewards = jnp.array([[1.0, 3.0, 99.0, 99.0], [5.0, 7.0, 7.0, 7.0]])
     valid = jnp.array([[True, True, False, False], [True, False, False, False]])
@@ -217,6 +233,8 @@ def _np_normalize(values, valid, scale, eps):
     out = values - kept.mean()
     if scale == "std":
         out = out / (kept.std() + eps)  # numpy's default std is the population std
+    elif scale == "mean":
+        out = out / max(np.clip(kept, 0.0, 1.0).mean(), 1.0 / len(kept))
     return np.where(valid, out, 0.0)
 
 
@@ -283,7 +301,10 @@ def _np_token_advantages(c, rewards, step_rewards, step_valid, step_correct, out
     adv.StepAdvantageConfig(mode="per_step", critical=True, outcome_weight=0.5, clamp=1.5),
     adv.StepAdvantageConfig(mode="process", critical=True, scale="none", step_weight=0.7),
     adv.StepAdvantageConfig(mode="process", outcome_weight=0.0),
-], ids=["outcome", "per_step_critical", "process_critical_none", "process"])
+    adv.StepAdvantageConfig(mode="per_step", scale="mean", step_weight=0.5),
+    adv.StepAdvantageConfig(mode="outcome", scale="mean"),
+], ids=["outcome", "per_step_critical", "process_critical_none", "process", "per_step_mean",
+        "outcome_mean"])
 def test_token_advantages_match_numpy_reference(config):
     rng = np.random.default_rng(0)
     b, g, s, t = 3, 6, 5, 12
