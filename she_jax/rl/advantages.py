@@ -83,6 +83,9 @@ def group_advantages(rewards: jax.Array, *, scale: str = "std", eps: float = 1e-
     label mix, not the majority label (accuracy's optimum, which drags the predicted mix
     toward it). It also weights a prompt by 1 / p: hard prompts count most. (Maximum
     likelihood RL; leave the clamp off, `advantage.clamp=0`, so the 1 / p weight survives.)
+    Measured (docs/results/ladder_mle): the argument holds on the golden bandit; from the
+    tiny think-first start, whose label follows its chain of thought, the mix holds only
+    with the rule penalty, which the 1 / p weight makes count most on hard prompts.
     A group whose rewards are all equal gets 0.
     Returns [B, G] float32.
     """
