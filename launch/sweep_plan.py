@@ -21,13 +21,13 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
-
 TRIAL_MODULE = "experiments.run"
 SWEEP_FILE = "sweep.json"
 MAX_NAME_CHARS = 120  # well under the usual 255-byte file-name limit, with room for a hash
 
 _OVERRIDE = re.compile(r"^--?config\.([^=]+)=(.*)$", re.DOTALL)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
 
 class SweepError(ValueError):
     """A sweep that cannot run as given; raised before any trial starts."""
