@@ -23,7 +23,8 @@ Plain `--config.key=value` flags go to every RL method (not to SFT or DPO): e.g.
 Each method is a sweep over seeds (`launch.sweep`): a rerun skips finished runs and resumes
 interrupted ones. The ladder ends with the cross-run report (`she_jax.eval.compare`):
 <out>/report.{md,html,json} with paired differences against SFT, and <out>/vs_grpo/ with
-them against GRPO. RL runs that select on dev (`--config.eval.select_every=30`) also appear
+them against GRPO, then <out>/targets.{md,json}: the paper's targets, met or not and by how
+much (`experiments.ladder_targets`). RL runs that select on dev (`--config.eval.select_every=30`) also appear
 with their selected policies (`<run>/best`) as the setting `<method>_best`, beside the last
 policies, and the ladder prints which step each seed kept.
 
@@ -300,10 +301,17 @@ def run(sweeps: Sequence[sweep_lib.Sweep], out: str, parallel: int = 1,
 
         dirs = ([f"sft={sft_dir}"] if sft_dir else []) + [s.out for s in sweeps]
         dirs += selected_dirs(sweeps)
-        compare.build_report(dirs, out_dir=out, baseline="sft")
+        from experiments import ladder_targets
+
+        reports = [compare.build_report(dirs, out_dir=out, baseline="sft")]
+        sources = [os.path.join(out, "report.json")]
         if any(s.label == "grpo" for s in sweeps):
-            compare.build_report(dirs, out_dir=os.path.join(out, "vs_grpo"), baseline="grpo")
+            vs_grpo = os.path.join(out, "vs_grpo")
+            reports.append(compare.build_report(dirs, out_dir=vs_grpo, baseline="grpo"))
+            sources.append(os.path.join(vs_grpo, "report.json"))
         print(f"ladder report: {os.path.join(out, 'report.md')}", flush=True)
+        rows = ladder_targets.write(out, reports, sources)
+        print(ladder_targets.render_markdown(rows, sources), end="", flush=True)
         if votes:
             for _, workdir in finished_runs(sweeps, sft_dir):
                 ensure_votes(workdir, votes, votes_examples)

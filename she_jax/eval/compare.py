@@ -27,7 +27,8 @@ Statistics (`METHOD_TEXT`, stated in every report): per setting and split, the m
 seeds of each seed's metric with a 95 % percentile bootstrap interval over seeds and
 examples; per split, paired differences against a baseline setting on the same examples,
 bootstrapped over examples stratified by gold label (she_jax.eval.resampling, which says
-why scipy.stats.bootstrap does not fit).
+why scipy.stats.bootstrap does not fit); and the paired differences averaged over groups of
+splits (the four hard query types, every test split), with intervals from the same resamples.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ from she_jax.eval.report_render import (  # noqa: F401
     _CSS, _NUMERIC, _PAIRED_COLUMNS, _SPLIT_COLUMNS, OUTPUT_FILES, PLOTS_DIR, _cell_text,
     _diff_text, _md_cell, _mix_text, _pct, _right_aligned, _slug, plot_curve, plot_macro_f1,
     render_html, render_markdown, report_blocks, write_report)
-from she_jax.eval.resampling import (CONFIDENCE, METRICS, SplitData, finite_or_none, nan_mean,
-                                     paired_bootstrap, setting_bootstrap, stratified_counts)
+from she_jax.eval.resampling import (CONFIDENCE, METRICS, SplitData, finite_or_none,
+                                     interval_cell, nan_mean, paired_replicates,
+                                     setting_bootstrap, stratified_counts)
 from she_jax.eval.runs_index import (  # noqa: F401
     _MISSING, _NUM_CLASSES, METRICS_FILE, PRED_CLASSES, PREDICTIONS_FILE,
     SAME_EXAMPLES_DATA_KEYS, SEED_KEYS, SWEEP_FILE, Run, Setting, _canonical, _data_identity,
@@ -63,6 +65,11 @@ from she_jax.special_tokens import LABELS
 
 REPORT_FORMAT_VERSION = 1
 MIN_SEEDS = 3
+# Groups of splits whose mean paired difference the report gives (`paired_groups`): the
+# four hard query types, and every test split.
+HARD_TYPE_SPLITS = ("test_negation", "test_alternative", "test_qa", "test_knowledge")
+SPLIT_GROUPS = {"hard_types": HARD_TYPE_SPLITS,
+                "all_test": ("test_head", "test_longtail") + HARD_TYPE_SPLITS}
 DEFAULT_CURVE_KEYS = ("loss", "label_accuracy", "rollout/reward_mean", "rollout/accuracy",
                       "rollout/format_valid", "reward/rule_violation", "labels/tv_distance",
                       "kl", "anchor/nll")
@@ -123,13 +130,14 @@ def _label_mix(runs: Sequence[Run], split: str) -> tuple[dict, dict]:
 
 
 def _paired_entry(a_runs: Sequence[Run], b_runs: Sequence[Run], a: SplitData, b: SplitData,
-                  example_counts: Any) -> dict[str, Any]:
-    """A - B on the examples both evaluated: seeds matched by value when both sides ran
-    several (distinct) seeds and share some, else each side's mean over its seeds (e.g.
-    every RL seed against the one SFT run they all started from)."""
+                  example_counts: Any) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+    """(A - B on the examples both evaluated, {metric: [R] per-resample differences} or None
+    when skipped): seeds matched by value when both sides ran several (distinct) seeds and
+    share some, else each side's mean over its seeds (e.g. every RL seed against the one
+    SFT run they all started from)."""
     common = set(a.ids) & set(b.ids)
     if not common:
-        return {"skipped": "no example evaluated by both"}
+        return {"skipped": "no example evaluated by both"}, None
     ids = sorted(common, key=_id_order)
     a_seeds = [run.seed_value for run in a_runs]
     b_seeds = [run.seed_value for run in b_runs]
@@ -146,10 +154,12 @@ def _paired_entry(a_runs: Sequence[Run], b_runs: Sequence[Run], a: SplitData, b:
     a, b = a.take(ids, rows_a), b.take(ids, rows_b)
     if (a.label != b.label).any():
         bad = ids[int(np.flatnonzero(a.label != b.label)[0])]
-        return {"skipped": f"example {bad!r} has different gold labels: not the same data"}
-    counts = example_counts(ids, a.label)
-    return {"n_examples": len(ids), "seeds": seeds,
-            "metrics": paired_bootstrap(a, b, len(counts), None, counts)}
+        return ({"skipped": f"example {bad!r} has different gold labels: not the same data"},
+                None)
+    diffs, replicates = paired_replicates(a, b, example_counts(ids, a.label))
+    return ({"n_examples": len(ids), "seeds": seeds,
+             "metrics": {name: interval_cell(diffs[name], replicates[name]) for name in diffs}},
+            replicates)
 
 
 def _default_out_dir(paths: Sequence[str]) -> str:
@@ -186,8 +196,9 @@ def _seed_warnings(settings: Sequence[Setting]) -> list[str]:
 
 def _split_section(split: str, settings: Sequence[Setting], base: Setting,
                    predictions: Mapping[str, Any], n_resamples: int, seed: int
-                   ) -> tuple[dict[str, dict], dict[str, dict]]:
-    """One split's ({setting: entry}, {setting: paired difference vs base}) (build_report)."""
+                   ) -> tuple[dict[str, dict], dict[str, dict], dict[str, dict]]:
+    """One split's ({setting: entry}, {setting: paired difference vs base}, {setting:
+    {metric: [R] per-resample paired differences}}) (build_report)."""
     entries, data_of, runs_of = {}, {}, {}
     draws: dict[str, np.ndarray] = {}
 
@@ -223,8 +234,9 @@ def _split_section(split: str, settings: Sequence[Setting], base: Setting,
             "metrics": {name: cells[name] for name in METRICS},
             "pred_share": pred_share, "gold_share": gold_share, "notes": notes}
     paired: dict[str, dict] = {}
+    replicates: dict[str, dict] = {}
     if base.name not in entries:
-        return entries, paired
+        return entries, paired, replicates
     for setting in settings:
         if setting is base or setting.name not in entries:
             continue
@@ -234,11 +246,51 @@ def _split_section(split: str, settings: Sequence[Setting], base: Setting,
         elif setting.name not in data_of or base.name not in data_of:
             entry["skipped"] = "no per-example predictions on one side"
         else:
-            entry.update(_paired_entry(runs_of[setting.name], runs_of[base.name],
+            pair, reps = _paired_entry(runs_of[setting.name], runs_of[base.name],
                                        data_of[setting.name], data_of[base.name],
-                                       example_counts))
+                                       example_counts)
+            entry.update(pair)
+            if reps is not None:
+                replicates[setting.name] = reps
         paired[setting.name] = entry
-    return entries, paired
+    return entries, paired, replicates
+
+
+def paired_groups(paired: Mapping[str, Mapping[str, dict]],
+                  replicates: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
+                  groups: Mapping[str, Sequence[str]] | None = None) -> dict[str, dict]:
+    """Paired differences averaged over a group of splits (e.g. the four hard query types):
+    {group: {setting: {'vs', 'splits', 'metrics': {metric: {'diff', 'lo', 'hi'}}}}}.
+
+    The group's difference is the mean of its splits' differences; its interval comes from
+    the per-resample differences averaged the same way (resample r of every split: the
+    splits are disjoint example sets with independent stratified draws, so the average of
+    their r-th replicates is a draw of the mean's sampling distribution). A setting is in a
+    group only when every split of the group paired it; a group with a missing split is
+    left out."""
+    groups = SPLIT_GROUPS if groups is None else groups
+    out: dict[str, dict] = {}
+    for group, members in groups.items():
+        if not members or any(split not in paired for split in members):
+            continue
+        by_setting = {}
+        for name in paired[members[0]]:
+            if any(name not in replicates.get(split, {}) for split in members):
+                continue
+            metrics = {}
+            for metric in replicates[members[0]][name]:
+                if any(paired[s][name]["metrics"].get(metric, {}).get("diff") is None
+                       for s in members):
+                    continue
+                diff = float(np.mean([paired[s][name]["metrics"][metric]["diff"]
+                                      for s in members]))
+                reps = np.mean([replicates[s][name][metric] for s in members], axis=0)
+                metrics[metric] = interval_cell(diff, reps)
+            by_setting[name] = {"vs": paired[members[0]][name]["vs"], "splits": list(members),
+                                "metrics": metrics}
+        if by_setting:
+            out[group] = by_setting
+    return out
 
 
 def build_report(paths: Sequence[str], out_dir: str | None = None, *,
@@ -264,7 +316,8 @@ def build_report(paths: Sequence[str], out_dir: str | None = None, *,
       'baseline', 'splits': {split: {setting: {'n_seeds', 'seeds', 'n_examples', 'metrics': {metric:
       {'mean', 'lo', 'hi', 'per_seed', 'source'}}, 'pred_share', 'gold_share', 'notes'}}},
       'paired': {split: {setting: {'vs', 'n_examples', 'seeds', 'metrics': {metric: {'diff',
-      'lo', 'hi'}}} | {'vs', 'skipped'}}}, 'curves': {key: {setting: {'step', 'mean', 'min',
+      'lo', 'hi'}}} | {'vs', 'skipped'}}}, 'paired_groups': {group: {setting: {'vs',
+      'splits', 'metrics'}}} (`paired_groups`, SPLIT_GROUPS), 'curves': {key: {setting: {'step', 'mean', 'min',
       'max', 'n_seeds'}}}, 'warnings', 'plots', 'files'}; fractions in [0, 1].
     """
     if isinstance(paths, str):
@@ -290,9 +343,10 @@ def build_report(paths: Sequence[str], out_dir: str | None = None, *,
     warnings += _seed_warnings(settings)
     split_entries: dict[str, dict] = {}
     paired: dict[str, dict] = {}
+    replicates: dict[str, dict] = {}
     for split in available:
         split_start = time.perf_counter()
-        split_entries[split], paired[split] = _split_section(
+        split_entries[split], paired[split], replicates[split] = _split_section(
             split, settings, base, predictions, n_resamples, seed)
         logging.info("compare: %s done (%.1f s)", split, time.perf_counter() - split_start)
 
@@ -313,6 +367,7 @@ def build_report(paths: Sequence[str], out_dir: str | None = None, *,
         "baseline": base.name,
         "splits": split_entries,
         "paired": paired,
+        "paired_groups": paired_groups(paired, replicates),
         "curves": curves,
         "warnings": warnings,
     }

@@ -231,6 +231,17 @@ def report_blocks(result: Mapping) -> list[tuple]:
                                for key, _ in _PAIRED_COLUMNS])
         blocks.append(("table", ["split", "setting", "n", "seeds"]
                        + [title for _, title in _PAIRED_COLUMNS], rows))
+    groups = result.get("paired_groups") or {}
+    if groups:
+        blocks.append(("h", 2, f"Paired differences vs `{result['baseline']}`, split groups"))
+        blocks.append(("p", "The mean of the group's per-split differences (hard_types: "
+                       "negation, alternative, QA, knowledge; all_test: every test split); "
+                       "interval from the same example resamples, averaged over the splits."))
+        rows = [[group, name, ", ".join(s.removeprefix("test_") for s in entry["splits"])]
+                + [_diff_text(entry["metrics"].get(key)) for key, _ in _PAIRED_COLUMNS]
+                for group, by_setting in groups.items() for name, entry in by_setting.items()]
+        blocks.append(("table", ["group", "setting", "splits"]
+                       + [title for _, title in _PAIRED_COLUMNS], rows))
     blocks += _per_step_blocks(result)
     curve_plots = result.get("plots", {}).get("curves", {})
     if curve_plots:

@@ -219,27 +219,44 @@ def setting_bootstrap(data: SplitData, n_resamples: int, rng: np.random.Generato
     return out
 
 
+def paired_replicates(a: SplitData, b: SplitData, example_counts: np.ndarray
+                      ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """({metric: A - B}, {metric: [R] A - B per resample}) on the same examples, each side
+    its mean over its seeds, the resamples `example_counts` [R, N] (a stratified draw).
+    What `paired_bootstrap` turns into intervals, and what the report averages over a
+    group of splits (she_jax.eval.compare: a split group's difference per resample is the
+    mean of its splits' differences on their own, independent draws)."""
+    if a.ids != b.ids or (a.label != b.label).any():
+        raise ValueError("a paired comparison needs the same examples with the same gold "
+                         "labels")
+    n = len(a.ids)
+    point_a, point_b = seed_metrics(np.ones((1, n)), a), seed_metrics(np.ones((1, n)), b)
+    reps_a, reps_b = seed_metrics(example_counts, a), seed_metrics(example_counts, b)
+    diffs, replicates = {}, {}
+    for name in point_a:
+        if name not in point_b:
+            continue
+        diffs[name] = float(nan_mean(point_a[name])[0] - nan_mean(point_b[name])[0])
+        replicates[name] = nan_mean(reps_a[name]) - nan_mean(reps_b[name])
+    return diffs, replicates
+
+
+def interval_cell(diff: float, replicates: np.ndarray) -> dict[str, Any]:
+    """{'diff', 'lo', 'hi'} (and 'undefined_resamples' when some were undefined)."""
+    lo, hi, undefined = _interval(replicates)
+    cell = {"diff": finite_or_none(diff), "lo": lo, "hi": hi}
+    if undefined:
+        cell["undefined_resamples"] = undefined
+    return cell
+
+
 def paired_bootstrap(a: SplitData, b: SplitData, n_resamples: int,
                      rng: np.random.Generator | None,
                      example_counts: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """{metric: {'diff', 'lo', 'hi'}} of A - B (each side's mean over its seeds) on the same
     examples (a.ids == b.ids), bootstrapped over examples stratified by gold label (or the
     stratified draw `example_counts` [R, N])."""
-    if a.ids != b.ids or (a.label != b.label).any():
-        raise ValueError("paired_bootstrap needs the same examples with the same gold labels")
-    n = len(a.ids)
-    point_a, point_b = seed_metrics(np.ones((1, n)), a), seed_metrics(np.ones((1, n)), b)
     weights = (stratified_counts(a.label, n_resamples, rng) if example_counts is None
                else example_counts)
-    reps_a, reps_b = seed_metrics(weights, a), seed_metrics(weights, b)
-    out = {}
-    for name in point_a:
-        if name not in point_b:
-            continue
-        diff = nan_mean(point_a[name])[0] - nan_mean(point_b[name])[0]
-        lo, hi, undefined = _interval(nan_mean(reps_a[name]) - nan_mean(reps_b[name]))
-        cell = {"diff": finite_or_none(diff), "lo": lo, "hi": hi}
-        if undefined:
-            cell["undefined_resamples"] = undefined
-        out[name] = cell
-    return out
+    diffs, replicates = paired_replicates(a, b, weights)
+    return {name: interval_cell(diffs[name], replicates[name]) for name in diffs}
