@@ -24,9 +24,10 @@ Each method is a sweep over seeds (`launch.sweep`): a rerun skips finished runs 
 interrupted ones. The ladder ends with the cross-run report (`she_jax.eval.compare`):
 <out>/report.{md,html,json} with paired differences against SFT, and <out>/vs_grpo/ with
 them against GRPO, then <out>/targets.{md,json}: the paper's targets, met or not and by how
-much (`experiments.ladder_targets`). RL runs that select on dev (`--config.eval.select_every=30`) also appear
-with their selected policies (`<run>/best`) as the setting `<method>_best`, beside the last
-policies, and the ladder prints which step each seed kept.
+much (`experiments.ladder_targets`). RL runs that select on dev
+(`--config.eval.select_every=30`) also appear with their selected policies (`<run>/best`)
+as the setting `<method>_best`, beside the last policies, and the ladder prints which step
+each seed kept.
 
 With `--votes=8` every run (the SFT start too) is also evaluated by sampling: 8 answers
 per prompt at temperature 1 (`she_jax.eval.passk`, the first `--votes_examples` of each

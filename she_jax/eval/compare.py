@@ -317,8 +317,9 @@ def build_report(paths: Sequence[str], out_dir: str | None = None, *,
       {'mean', 'lo', 'hi', 'per_seed', 'source'}}, 'pred_share', 'gold_share', 'notes'}}},
       'paired': {split: {setting: {'vs', 'n_examples', 'seeds', 'metrics': {metric: {'diff',
       'lo', 'hi'}}} | {'vs', 'skipped'}}}, 'paired_groups': {group: {setting: {'vs',
-      'splits', 'metrics'}}} (`paired_groups`, SPLIT_GROUPS), 'curves': {key: {setting: {'step', 'mean', 'min',
-      'max', 'n_seeds'}}}, 'warnings', 'plots', 'files'}; fractions in [0, 1].
+      'splits', 'metrics'}}} (`paired_groups`, SPLIT_GROUPS), 'curves': {key: {setting:
+      {'step', 'mean', 'min', 'max', 'n_seeds'}}}, 'warnings', 'plots', 'files'}; fractions
+      in [0, 1].
     """
     if isinstance(paths, str):
         paths = [paths]
