@@ -2,7 +2,7 @@ r"""The paper ladder's targets, checked against the cross-run reports.
 
   python -m experiments.ladder_targets runs/ladder              # report.json + vs_grpo/
   python -m experiments.ladder_targets docs/results/ladder_followup \
-      --names=grpo=grpo_mle,srpo=srpo_matched [--out=DIR]
+      --names=grpo=grpo_mle,srpo=srpo_matched,agrl=agrl_mle [--out=DIR]
 
 Reads report.json of every directory given (and of its vs_grpo/ when there is one), finds
 for each target the report whose baseline is the target's baseline, and writes
