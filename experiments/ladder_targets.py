@@ -86,9 +86,9 @@ def parse_names(text: str) -> dict[str, str]:
 
 
 def _cell(report: Mapping, where: str, setting: str, metric: str) -> Mapping | None:
-    source = report.get("paired_groups", {}) if where not in report.get("paired", {}) \
-        else report["paired"]
-    entry = source.get(where, {}).get(setting)
+    """report's paired cell for `where` (a split, else a split group), or None."""
+    by_setting = report["paired"].get(where) or report.get("paired_groups", {}).get(where, {})
+    entry = by_setting.get(setting)
     if not entry or "skipped" in entry:
         return None
     cell = entry.get("metrics", {}).get(metric)
@@ -112,10 +112,8 @@ def check(target: Target, reports: Sequence[Mapping], names: Mapping[str, str]
     diff, lo, hi = (None if cell.get(k) is None else 100 * cell[k] for k in ("diff", "lo", "hi"))
     threshold = 100 * target.threshold
     if target.rule == "above":
-        missing = [0.0 if lo is None else max(0.0, -lo)]
-        missing.append(max(0.0, threshold - diff))
         met = lo is not None and lo > 0 and diff >= threshold
-        shortfall = 0.0 if met else max(missing)
+        shortfall = max(0.0, threshold - diff, 0.0 if lo is None else -lo)
     elif target.rule == "at_least":
         met, shortfall = diff >= threshold, max(0.0, threshold - diff)
     elif target.rule == "at_most":
@@ -174,9 +172,10 @@ def read_reports(dirs: Sequence[str]) -> tuple[list[dict], list[str]]:
     """report.json of each directory and of its vs_grpo/ (when present)."""
     reports, sources = [], []
     for d in dirs:
-        for path in (os.path.join(d, REPORT_FILE), os.path.join(d, "vs_grpo", REPORT_FILE)):
-            if path.endswith(os.path.join("vs_grpo", REPORT_FILE)) and not os.path.exists(path):
-                continue
+        paths = [os.path.join(d, REPORT_FILE)]
+        if os.path.exists(os.path.join(d, "vs_grpo", REPORT_FILE)):
+            paths.append(os.path.join(d, "vs_grpo", REPORT_FILE))
+        for path in paths:
             try:
                 with open(path) as f:
                     report = json.load(f)

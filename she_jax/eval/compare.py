@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from she_jax.data.shopworld.queries import HARD_TYPES
 from she_jax.eval import report as eval_report
 # Re-exported: the report's parts live in runs_index (reading runs, grouping them into
 # settings) and report_render (plots, markdown, HTML); callers reach them as compare.NAME.
@@ -53,7 +54,8 @@ from she_jax.eval.report_render import (  # noqa: F401
     _diff_text, _md_cell, _mix_text, _pct, _right_aligned, _slug, plot_curve, plot_macro_f1,
     render_html, render_markdown, report_blocks, write_report)
 from she_jax.eval.resampling import (CONFIDENCE, METRICS, SplitData, finite_or_none,
-                                     interval_cell, nan_mean, paired_replicates,
+                                     interval_cell, nan_mean, paired_intervals,
+                                     paired_replicates,
                                      setting_bootstrap, stratified_counts)
 from she_jax.eval.runs_index import (  # noqa: F401
     _MISSING, _NUM_CLASSES, METRICS_FILE, PRED_CLASSES, PREDICTIONS_FILE,
@@ -66,10 +68,10 @@ from she_jax.special_tokens import LABELS
 REPORT_FORMAT_VERSION = 1
 MIN_SEEDS = 3
 # Groups of splits whose mean paired difference the report gives (`paired_groups`): the
-# four hard query types, and every test split.
-HARD_TYPE_SPLITS = ("test_negation", "test_alternative", "test_qa", "test_knowledge")
+# four hard query types' test splits, and every test split.
+HARD_TYPE_SPLITS = tuple(f"test_{query_type}" for query_type in HARD_TYPES)
 SPLIT_GROUPS = {"hard_types": HARD_TYPE_SPLITS,
-                "all_test": ("test_head", "test_longtail") + HARD_TYPE_SPLITS}
+                "all_test": tuple(s for s in eval_report.SPLIT_ORDER if s.startswith("test_"))}
 DEFAULT_CURVE_KEYS = ("loss", "label_accuracy", "rollout/reward_mean", "rollout/accuracy",
                       "rollout/format_valid", "reward/rule_violation", "labels/tv_distance",
                       "kl", "anchor/nll")
@@ -158,7 +160,7 @@ def _paired_entry(a_runs: Sequence[Run], b_runs: Sequence[Run], a: SplitData, b:
                 None)
     diffs, replicates = paired_replicates(a, b, example_counts(ids, a.label))
     return ({"n_examples": len(ids), "seeds": seeds,
-             "metrics": {name: interval_cell(diffs[name], replicates[name]) for name in diffs}},
+             "metrics": paired_intervals(diffs, replicates)},
             replicates)
 
 

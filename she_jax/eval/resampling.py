@@ -241,6 +241,12 @@ def paired_replicates(a: SplitData, b: SplitData, example_counts: np.ndarray
     return diffs, replicates
 
 
+def paired_intervals(diffs: dict[str, float], replicates: dict[str, np.ndarray]
+                     ) -> dict[str, dict[str, Any]]:
+    """{metric: interval_cell} of `paired_replicates`' output."""
+    return {name: interval_cell(diffs[name], replicates[name]) for name in diffs}
+
+
 def interval_cell(diff: float, replicates: np.ndarray) -> dict[str, Any]:
     """{'diff', 'lo', 'hi'} (and 'undefined_resamples' when some were undefined)."""
     lo, hi, undefined = _interval(replicates)
@@ -258,5 +264,4 @@ def paired_bootstrap(a: SplitData, b: SplitData, n_resamples: int,
     stratified draw `example_counts` [R, N])."""
     weights = (stratified_counts(a.label, n_resamples, rng) if example_counts is None
                else example_counts)
-    diffs, replicates = paired_replicates(a, b, weights)
-    return {name: interval_cell(diffs[name], replicates[name]) for name in diffs}
+    return paired_intervals(*paired_replicates(a, b, weights))
