@@ -104,6 +104,24 @@ def render_training_prompt(record: Mapping, order: str | None = None) -> str:
     return prompt
 
 
+def has_gold_cot(record: Mapping) -> bool:
+    """Whether the record carries a gold CoT (step annotations or the stored CoT text)."""
+    return bool(record.get("annotations") or record.get("cot"))
+
+
+def gold_cot_records(records: Sequence[Mapping], key: str) -> list[Mapping]:
+    """The records that carry a gold CoT, in order; a ValueError naming `key` when none does.
+
+    A record without one renders as its label token alone (`render_target`), which teaches a
+    think-first policy to answer without reasoning: the `rl` split keeps step annotations on
+    only `annotation_fraction` of its records."""
+    kept = [r for r in records if has_gold_cot(r)]
+    if not kept:
+        raise ValueError(f"{key}: none of the {len(records)} records carries a gold CoT "
+                         "(step annotations or a stored cot)")
+    return kept
+
+
 def _record_steps(record: Mapping) -> Mapping[str, Sequence[str]] | None:
     if record.get("annotations"):
         return record["annotations"]

@@ -76,9 +76,7 @@ def _num_guided(config: Mapping[str, Any], group_size: int) -> int:
     return k
 
 
-def has_gold(record: Mapping) -> bool:
-    """Whether the record carries a gold CoT (step annotations or the CoT text)."""
-    return bool(record.get("annotations") or record.get("cot"))
+has_gold = cot.has_gold_cot  # whether the record carries a gold CoT
 
 
 def can_guide(record: Mapping, config: Mapping[str, Any]) -> bool:

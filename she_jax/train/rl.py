@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from she_jax import parallel
-from she_jax.data import sources
+from she_jax.data import cot, sources
 from she_jax.eval import evaluate
 from she_jax.models import transformer
 from she_jax.rewards import label_prior, macro_f1
@@ -98,7 +98,8 @@ def rl_section() -> ml_collections.ConfigDict:
     # the metric the evaluation reports instead of accuracy (0 = off).
     c.macro_f1 = macro_f1.macro_f1_config()
     # SFT anchor: each update also takes `weight` x the token-mean NLL of a batch of gold
-    # CoTs (the `split` records rendered in the run's order), so RL sharpens the policy
+    # CoTs (the `split` records that carry one, rendered in the run's order; `rl` holds the
+    # rare phrasings and wider leaves the `sft` split lacks), so RL sharpens the policy
     # without forgetting the rules the reward rarely exercises (relevance-RL practice; 0 =
     # off, no extra forward). One fixed bucket keeps the update's shapes static.
     c.anchor = ml_collections.ConfigDict()
@@ -188,8 +189,13 @@ def train_rl(config: ml_collections.ConfigDict, workdir: str, *,
                  rl.group_size, order)
     params, mesh, rules = bootstrap.shard_model(config, model_config, params)
     ref_params = jax.tree.map(jnp.copy, params) if rl.loss.kl_beta > 0 else None
-    anchor_records = (sources.require_split(splits, rl.anchor.split, "config.rl.anchor.split")
-                      if rl.anchor.weight > 0 else None)
+    anchor_records = None
+    if rl.anchor.weight > 0:  # the anchor is NLL on gold CoTs: records without one are left out
+        anchor_records = cot.gold_cot_records(
+            sources.require_split(splits, rl.anchor.split, "config.rl.anchor.split"),
+            f"config.rl.anchor.split={rl.anchor.split!r}")
+        logging.info("anchor: %d records of %r with a gold CoT", len(anchor_records),
+                     rl.anchor.split)
     feed = RLFeed(config=config, workdir=workdir, records=records, tokenizer=tokenizer,
                   model_config=model_config, scorer=scorer, order=order,
                   ref_params=ref_params, replay=replay, anchor_records=anchor_records,

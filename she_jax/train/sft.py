@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from she_jax import parallel
-from she_jax.data import loader, sources
+from she_jax.data import cot, loader, sources
 from she_jax.data.cot import training_orders  # the orders SFT trains on
 from she_jax.eval import evaluate
 from she_jax.models import transformer
@@ -35,6 +35,10 @@ def sft_section() -> ml_collections.ConfigDict:
     # straight after query and title, with no extraction step written out first.
     c.extra_orders = ()
     c.train_split = "sft"  # the split trained on
+    # Train only the records that carry a gold CoT (every `sft` record does; the `rl` split
+    # annotates `annotation_fraction` of its records). False also trains the others, on their
+    # label token alone.
+    c.require_cot = True
     c.buckets = (96, 128, 160)  # padded sequence lengths (one compiled step per bucket)
     # Loss weight of the label token relative to a CoT token (1.0 = plain token-mean SFT).
     # The label is one token among ~50 of CoT; answer-first puts the whole decision on it.
@@ -183,6 +187,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     splits, tokenizer, model_config, params = bootstrap.start_run(config, workdir)
 
     records = sources.require_split(splits, config.sft.train_split, "config.sft.train_split")
+    if config.sft.require_cot:
+        total = len(records)
+        records = cot.gold_cot_records(
+            records, f"config.sft.train_split={config.sft.train_split!r}")
+        if len(records) < total:
+            logging.info("sft: %d of %d %r records carry a gold CoT and are trained "
+                         "(config.sft.require_cot)", len(records), total, config.sft.train_split)
     orders = training_orders(config.sft)
     dataset = loader.sft_dataset(
         records, tokenizer, batch_size=config.batch.batch_size, buckets=config.sft.buckets,
