@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from experiments import grpo as grpo_config
 from she_jax import special_tokens as st
@@ -160,3 +161,37 @@ def test_dpo_nll_term_adds_the_chosen_mean_nll_per_pair():
     chosen_nll = [-(logp[r] * loss_mask[r]).sum() / loss_mask[r].sum() for r in (0, 2)]
     np.testing.assert_allclose(rpo - plain, 0.5 * sum(chosen_nll), rtol=1e-5)
     np.testing.assert_allclose(aux["chosen_nll"][0], sum(chosen_nll), rtol=1e-5)
+
+
+def _split_records():
+    """An `rl`-like split: two records with step annotations, one with a stored CoT, three
+    with the label alone."""
+    annotated = {"query": "red shoes", "item_title": "red shoes", "label": "L4",
+                 "annotations": {"query": ["category: shoes"], "judgment": ["exact"]}}
+    stored = {"query": "blue hat", "item_title": "blue hat", "label": "L4",
+              "cot": cot.render_cot({"query": ["category: hats"]}, "L4", "think_first")}
+    plain = {"query": "green bag", "item_title": "green bag", "label": "L2"}
+    return [dict(annotated, id="a0"), dict(plain, id="p0"), dict(stored, id="s0"),
+            dict(plain, id="p1"), dict(annotated, id="a1"), dict(plain, id="p2")]
+
+
+def test_anchor_and_sft_records_keep_only_gold_cots_and_name_the_key():
+    splits = {"rl": _split_records(), "sft": _split_records()[1::2][:1]}
+    anchor = {"weight": 0.5, "split": "rl"}
+    kept = rl.anchor_split_records(anchor, splits)
+    assert [r["id"] for r in kept] == ["a0", "s0", "a1"]  # in order, the label-only ones out
+    # every kept record renders a CoT, not the bare label token
+    assert all(cot.render_target(r) != cot.label_token(r["label"]) for r in kept)
+    assert rl.anchor_split_records({**anchor, "weight": 0.0}, splits) is None
+    with pytest.raises(ValueError, match=r"config.rl.anchor.split='sft'.*none of the 1"):
+        rl.anchor_split_records({**anchor, "split": "sft"}, splits)
+    with pytest.raises(ValueError, match="config.rl.anchor.split: split 'dev' is missing"):
+        rl.anchor_split_records({**anchor, "split": "dev"}, splits)
+
+    section = {"train_split": "rl", "require_cot": True}
+    assert [r["id"] for r in sft.training_records(section, splits)] == ["a0", "s0", "a1"]
+    everything = sft.training_records({**section, "require_cot": False}, splits)
+    assert [r["id"] for r in everything] == [r["id"] for r in splits["rl"]]
+    with pytest.raises(ValueError, match=r"config.sft.train_split='sft'"):
+        sft.training_records({**section, "train_split": "sft"}, splits)
+    assert sft.sft_section().require_cot is True

@@ -110,6 +110,19 @@ def rl_section() -> ml_collections.ConfigDict:
     return c
 
 
+def anchor_split_records(anchor: Mapping[str, Any], splits: Mapping[str, Sequence[Mapping]]
+                         ) -> list[Mapping] | None:
+    """The anchor's records: those of `anchor.split` that carry a gold CoT (the anchor is NLL
+    on gold CoTs); None when the anchor is off. Errors name the config key."""
+    if not anchor["weight"] > 0:
+        return None
+    records = cot.gold_cot_records(
+        sources.require_split(splits, anchor["split"], "config.rl.anchor.split"),
+        f"config.rl.anchor.split={anchor['split']!r}")
+    logging.info("anchor: %d records of %r carry a gold CoT", len(records), anchor["split"])
+    return records
+
+
 def policy_loss_config(section: ml_collections.ConfigDict, max_new_tokens: int,
                        prompt_len: int = 1, group_size: int = 1) -> losses.PolicyLossConfig:
     """The loss options; prompt_len (the RL batches' fixed prompt length) lets the loss
@@ -189,13 +202,7 @@ def train_rl(config: ml_collections.ConfigDict, workdir: str, *,
                  rl.group_size, order)
     params, mesh, rules = bootstrap.shard_model(config, model_config, params)
     ref_params = jax.tree.map(jnp.copy, params) if rl.loss.kl_beta > 0 else None
-    anchor_records = None
-    if rl.anchor.weight > 0:  # the anchor is NLL on gold CoTs: records without one are left out
-        anchor_records = cot.gold_cot_records(
-            sources.require_split(splits, rl.anchor.split, "config.rl.anchor.split"),
-            f"config.rl.anchor.split={rl.anchor.split!r}")
-        logging.info("anchor: %d records of %r with a gold CoT", len(anchor_records),
-                     rl.anchor.split)
+    anchor_records = anchor_split_records(rl.anchor, splits)
     feed = RLFeed(config=config, workdir=workdir, records=records, tokenizer=tokenizer,
                   model_config=model_config, scorer=scorer, order=order,
                   ref_params=ref_params, replay=replay, anchor_records=anchor_records,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -182,18 +182,26 @@ class _Repeating:
         self.index = int(position["index"])
 
 
+def training_records(section: Mapping[str, Any], splits: Mapping[str, Sequence[Mapping]]
+                     ) -> Sequence[Mapping]:
+    """The records of `section.train_split` SFT trains on: with `require_cot`, only those that
+    carry a gold CoT. Errors name the config key."""
+    split = section["train_split"]
+    records = sources.require_split(splits, split, "config.sft.train_split")
+    if not section["require_cot"]:
+        return records
+    kept = cot.gold_cot_records(records, f"config.sft.train_split={split!r}")
+    if len(kept) < len(records):
+        logging.info("sft: %d of %d %r records carry a gold CoT and are trained "
+                     "(config.sft.require_cot)", len(kept), len(records), split)
+    return kept
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, exports <workdir>/model, evaluates into <workdir>/eval.json; returns eval."""
     splits, tokenizer, model_config, params = bootstrap.start_run(config, workdir)
 
-    records = sources.require_split(splits, config.sft.train_split, "config.sft.train_split")
-    if config.sft.require_cot:
-        total = len(records)
-        records = cot.gold_cot_records(
-            records, f"config.sft.train_split={config.sft.train_split!r}")
-        if len(records) < total:
-            logging.info("sft: %d of %d %r records carry a gold CoT and are trained "
-                         "(config.sft.require_cot)", len(records), total, config.sft.train_split)
+    records = training_records(config.sft, splits)
     orders = training_orders(config.sft)
     dataset = loader.sft_dataset(
         records, tokenizer, batch_size=config.batch.batch_size, buckets=config.sft.buckets,
