@@ -209,3 +209,23 @@ def test_sft_think_wide_builds_its_base_then_continues_at_half_the_rate(tmp_path
             config.sft.order) == (5e-4, 800, "tiny_wide", "think_first")
     small, base = sft_think_wide.get_config("small"), sft_think.get_config("small")
     assert small.init_from == "" and small.optimizer.to_dict() == base.optimizer.to_dict()
+
+
+def test_sft_think_rl_builds_the_wide_chain_then_trains_the_annotated_rl_records(tmp_path,
+                                                                                  monkeypatch):
+    """The rl-data start: sft_think_wide_base, sft_think_wide, then 150 updates at 1e-4 on the
+    rl split's records that carry a gold CoT."""
+    from experiments import sft_think_rl
+
+    monkeypatch.setattr(registry, "RUNS_DIR", str(tmp_path))
+    built = []
+    monkeypatch.setattr(registry, "run_config",
+                        lambda c, w: built.append((c.name, c.optimizer.lr, c.sft.train_split)))
+    config = sft_think_rl.get_config()
+    registry.build_prerequisites(config)
+    assert built == [("sft_think_wide_base", 1e-3, "sft"), ("sft_think_wide", 5e-4, "sft")]
+    assert config.init_dir == str(tmp_path / "sft_think_wide")
+    assert (config.sft.train_split, config.sft.require_cot, config.optimizer.total_steps,
+            config.sft.order, config.model.preset) == ("rl", True, 150, "think_first",
+                                                       "tiny_wide")
+    assert config.optimizer.lr == pytest.approx(1e-4)
