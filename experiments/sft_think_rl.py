@@ -12,10 +12,11 @@ records alone (`config.sft.require_cot` leaves the others out; the RL stages sti
 every `rl` prompt): at tiny, 150 updates of 32 (2 epochs of the 2,400 records) at lr 1e-4.
 
 Measured at tiny (world seed 0, seed 0, every split in full, paired against
-`sft_think_wide`; docs/results/rl_data): macro-F1 test_negation +15.6 [+9.7, +22.0],
-test_alternative +12.0 [+5.4, +18.7], test_knowledge +7.0 [+1.3, +12.5], dev +3.6 [+0.5,
-+7.0], test_head, test_longtail and test_qa +2.3 to +4.5 (inside the noise). ~4 min on 2
-CPU cores after `sft_think_wide`.
+`sft_think_wide`; docs/results/rl_data): macro-F1 over the four hard-type splits +9.8
+[+6.9, +12.7] (test_negation +15.6 [+9.4, +21.8], test_alternative +12.0 [+5.4, +18.5],
+test_knowledge +7.0 [+1.4, +12.8]), dev +3.6 [+0.5, +7.2], test_head, test_longtail and
+test_qa +2.3 to +4.5 (inside the noise); 60 such updates, 3 seeds: hard types +6.0 [+3.7,
++8.3]. ~4 min on 2 CPU cores after `sft_think_wide`.
 """
 
 from experiments import sft_think_wide
