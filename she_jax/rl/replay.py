@@ -76,9 +76,6 @@ def _num_guided(config: Mapping[str, Any], group_size: int) -> int:
     return k
 
 
-has_gold = cot.has_gold_cot  # whether the record carries a gold CoT
-
-
 def can_guide(record: Mapping, config: Mapping[str, Any]) -> bool:
     """Whether `config`'s guidance exists for the record: the gold CoT for 'gold', the facts
     for a 'facts' hint (a 'label' hint needs only the label)."""
@@ -86,7 +83,7 @@ def can_guide(record: Mapping, config: Mapping[str, Any]) -> bool:
     if config["mode"] == "none":
         return False
     if config["mode"] == "gold" or config["hint"] == "facts":
-        return has_gold(record)
+        return cot.has_gold_cot(record)
     return True
 
 
@@ -118,7 +115,7 @@ def gold_completion_tokens(record: Mapping, tokenizer: Tokenizer,
     None when the record has neither 'annotations' nor 'cot': render_target would fall back
     to the bare label token, which is not a reasoning trajectory, so such groups are skipped.
     """
-    if not has_gold(record):
+    if not cot.has_gold_cot(record):
         return None
     return tokenizer.encode(cot.render_target(record, order)) + [tokenizer.eos_id]
 
@@ -196,7 +193,7 @@ def hinted_prompt_text(record: Mapping, hint: str) -> str:
         cot.label_token(record["label"])  # validates the label
         hint_text = f"hint: label {record['label']}"
     else:
-        if not has_gold(record):
+        if not cot.has_gold_cot(record):
             raise ValueError(f"record {record.get('id')!r}: a 'facts' hint needs 'annotations' "
                              "or 'cot'")
         steps = record.get("annotations") or cot.parse_cot(record["cot"]).steps
