@@ -20,7 +20,7 @@ from experiments import grpo as grpo_config
 from she_jax import special_tokens as st
 from she_jax.models import transformer
 from she_jax.rl import losses, rollout as rollout_lib
-from she_jax.train import loop, metrics as metrics_lib, optim, rl
+from she_jax.train import loop, metrics as metrics_lib, optim, rl, rl_feed
 from she_jax.train.state import create_train_state
 from tiny_runs import WordTokenizer as _WordTokenizer
 
@@ -116,7 +116,8 @@ def _bandit_scorer(reward_kind, seed=0):
 
 def _grpo(workdir, params, scorer, *, updates, lr=3e-3, balance_power=0.0, temperature=1.0,
           top_k=0, drop_zero_variance=True, kl_beta=0.0, entropy_coef=0.0, prior_weight=0.0,
-          records=TRAIN, macro_f1_weight=0.0, advantage_scale="std", clamp=2.0):
+          records=TRAIN, macro_f1_weight=0.0, advantage_scale="std", clamp=2.0,
+          placebo=False):
     config = grpo_config.get_config()
     config.rl.update(prompts_per_step=8, group_size=8, max_new_tokens=1, samples_every=0,
                      temperature=temperature, top_k=top_k)
@@ -128,6 +129,7 @@ def _grpo(workdir, params, scorer, *, updates, lr=3e-3, balance_power=0.0, tempe
     config.rl.macro_f1.weight = macro_f1_weight
     config.rl.advantage.scale = advantage_scale
     config.rl.advantage.clamp = clamp
+    config.rl.placebo = placebo
     config.optimizer.update(lr=lr, warmup_steps=1, total_steps=updates)
     tx, lr_fn = optim.make_optimizer(config.optimizer)
     # The step donates its state: train a copy, so `params` stays usable by the caller.
@@ -198,6 +200,60 @@ def test_rewards_without_information_leave_the_label_marginal(tmp_path):
     params, _, _ = _grpo(tmp_path / "l1", start, favour_l1, updates=10)
     biased_shift = _tv(_label_mix(params, HELD_OUT, prompt_len), start_mix)
     assert biased_shift > 0.3 and biased_shift > 3 * coin_shift, (coin_shift, biased_shift)
+
+
+def test_placebo_shuffle_permutes_each_group_and_moves_a_rollout_s_scores_together():
+    rng = np.random.default_rng(0)
+    b, g, s = 5, 8, 3
+    rewards = rng.normal(size=(b, g)).astype(np.float32)
+    correct = rng.random((b, g)) < 0.5
+    step_rewards = rng.normal(size=(b, g, s)).astype(np.float32)
+    step_valid = rng.random((b, g, s)) < 0.7
+    scored = rl.Scored(rewards=rewards, correct=correct, step_rewards=step_rewards,
+                       step_valid=step_valid, step_correct=step_rewards > 0,
+                       per_rollout={"format_valid": correct}, metrics={"reward/accuracy": 0.5})
+    out = rl_feed.placebo_shuffle(scored, np.random.default_rng(1))
+    assert not np.array_equal(out.rewards, rewards)  # 5 groups of 8: not the identity
+    for i in range(b):
+        # Each group keeps its rewards (so the filter keeps the same groups) ...
+        np.testing.assert_array_equal(np.sort(out.rewards[i]), np.sort(rewards[i]))
+        assert out.correct[i].sum() == correct[i].sum()
+        # ... and every array of a rollout moves with its reward: the same permutation.
+        perm = [int(np.flatnonzero(rewards[i] == r)[0]) for r in out.rewards[i]]
+        np.testing.assert_array_equal(out.correct[i], correct[i, perm])
+        np.testing.assert_array_equal(out.step_rewards[i], step_rewards[i, perm])
+        np.testing.assert_array_equal(out.step_valid[i], step_valid[i, perm])
+        np.testing.assert_array_equal(out.step_correct[i], step_rewards[i, perm] > 0)
+    # The scorer's own metrics and per-rollout facts about the text are left as they were.
+    assert out.metrics == scored.metrics and out.per_rollout["format_valid"] is correct
+    # Seeded: the same generator state gives the same shuffle.
+    again = rl_feed.placebo_shuffle(scored, np.random.default_rng(1))
+    np.testing.assert_array_equal(again.rewards, out.rewards)
+    # Scorers without step rewards keep None.
+    plain = rl_feed.placebo_shuffle(rl.Scored(rewards=rewards, correct=correct),
+                                    np.random.default_rng(2))
+    assert plain.step_rewards is None and plain.step_valid is None
+
+
+def test_placebo_grpo_does_not_learn_what_grpo_learns(tmp_path):
+    """The control: the same run with each group's rewards shuffled among its rollouts
+    takes updates of RL's size but learns nothing about the context (measured: expected
+    held-out accuracy 0.67 -> 0.29 with the placebo, the noise steps undoing the start's
+    context, against 0.98 without)."""
+    prompt_len = rollout_lib.prompt_length_for(TRAIN, _WordTokenizer())
+    start = _start_policy(prompt_len, context_weight=0.5)
+    start_acc = _expected_accuracy(start, HELD_OUT, prompt_len)
+    params, rows, _ = _grpo(tmp_path / "placebo", start, _bandit_scorer("correct"),
+                            updates=40, placebo=True)
+    placebo_acc = _expected_accuracy(params, HELD_OUT, prompt_len)
+    real, _, _ = _grpo(tmp_path / "real", start, _bandit_scorer("correct"), updates=40)
+    real_acc = _expected_accuracy(real, HELD_OUT, prompt_len)
+    assert real_acc > 0.9 and placebo_acc < start_acc + 0.1, (start_acc, placebo_acc, real_acc)
+    # The updates were real (not zero) and the logged rollout accuracy is the true one: the
+    # groups kept still mix right and wrong answers, as without the placebo.
+    assert all(r["grad_norm"] > 0 for r in rows if "grad_norm" in r)
+    accuracy = [r["rollout/accuracy"] for r in rows if "rollout/accuracy" in r]
+    assert 0.2 < np.mean(accuracy) < 0.9, accuracy
 
 
 def test_ratio_uses_the_policy_logprobs_whatever_the_sampling_settings(tmp_path):

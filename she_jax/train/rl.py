@@ -107,6 +107,11 @@ def rl_section() -> ml_collections.ConfigDict:
     c.anchor.split = "sft"
     c.anchor.batch_size = 8
     c.anchor.bucket = 160  # padded length of the anchor sequences (longer ones are skipped)
+    # The placebo control: each group's rewards shuffled among its rollouts before the
+    # filter and the advantages (rl_feed.placebo_shuffle), so the updates have RL's sizes
+    # and no information. For measuring how much of a run's change is the optimizer's
+    # wander rather than its reward; never for training a policy.
+    c.placebo = False
     return c
 
 

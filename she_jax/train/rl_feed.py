@@ -190,6 +190,8 @@ class RLFeed:
         sampler_mix = label_prior.sampler_target(self.prompt_sampler.expected_label_mix())
         self.prior_target = _label_target(self.label_prior, "label_prior", sampler_mix)
         self.macro_f1_pi = _label_target(self.macro_f1, "macro_f1", sampler_mix)
+        # The placebo control (config.rl.placebo): rewards shuffled within each group.
+        self.placebo = bool(rl.get("placebo", False))
         self.sampler = sampling.Sampler(model_config, sampling.SamplingConfig(
             temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p,
             eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
@@ -327,6 +329,8 @@ class RLFeed:
             scored = dataclasses.replace(
                 scored, rewards=scored.rewards + term,
                 per_rollout={**scored.per_rollout, "macro_f1_reward": gains})
+        if self.placebo:  # after every term: what the filter and the advantages see
+            scored = placebo_shuffle(scored, host_rng)
         chosen, valid, filter_metrics = filtering.filter_groups(
             _filter_rewards(scored), scored.correct, rollouts.parsed, rollouts.records,
             rl.prompts_per_step, rl.filter, host_rng)
@@ -452,6 +456,32 @@ def _filter_rewards(scored: Scored) -> np.ndarray:
 
 def _f32(x: np.ndarray | None) -> np.ndarray | None:
     return None if x is None else np.asarray(x, np.float32)
+
+
+def placebo_shuffle(scored: Scored, rng: np.random.Generator) -> Scored:
+    """The placebo control of RL: each group's rewards permuted among its G rollouts.
+
+    One permutation per group moves everything a rollout is scored with together (the
+    sequence reward, its correctness, its step rewards and their masks), so every group
+    keeps its multiset of rewards: the difficulty filter keeps the same groups, and the
+    advantages have the sizes and spread of the real ones — but which rollout gets which
+    reward no longer depends on what it says. An update is then RL's step without its
+    signal (with Adam, a full-size step along noise): the control that tells how much of
+    a run's change is its reward's and how much the optimizer's wander. The metrics the
+    scorer computed (rollout accuracy, rule violations) stay the true ones.
+    """
+    rewards = np.asarray(scored.rewards)
+    b, g = rewards.shape[:2]
+    perm = np.argsort(rng.random((b, g)), axis=1)  # one uniform permutation per group
+    rows = np.arange(b)[:, None]
+
+    def pick(x):
+        return None if x is None else np.asarray(x)[rows, perm]
+
+    return dataclasses.replace(
+        scored, rewards=pick(scored.rewards), correct=pick(scored.correct),
+        step_rewards=pick(scored.step_rewards), step_valid=pick(scored.step_valid),
+        step_correct=pick(scored.step_correct))
 
 
 def _check_finite_rewards(scored: Scored, index: int) -> None:
