@@ -5,9 +5,10 @@ SFT start, with the same budget, over seeds, and one report.
   python -m experiments.ladder --methods=sft,grpo,srpo --updates=120 --test_size=2000
   python -m experiments.ladder --dry_run                      # the commands, one per line
   python -m experiments.ladder --sft_dir=runs/sft_think_wide --methods=grpo,srpo
+  python -m experiments.ladder --sft_config=experiments/sft_think_rl.py --methods=grpo
 
 
-For every seed s: `experiments/sft_think.py` trains the starting policy into
+For every seed s: `experiments/sft_think.py` (or `--sft_config`) trains the starting policy into
 <out>/sft/seed<s> (seed and data_seed s), then every other method starts from that run
 (`--config.init_dir`) with seed s into <out>/<method>/seed<s>. With `--sft_dir` one finished
 SFT run is every seed's start instead (the seeds then vary the RL methods only, and each
@@ -81,6 +82,9 @@ def _flag_values() -> flags.FlagValues:
                         "split in full first if it was not). Its data section is used for "
                         "every run (--world_seed and --test_size must then be left out).",
                         flag_values=fv)
+    flags.DEFINE_string("sft_config", SFT_CONFIG, "The config that trains each seed's start "
+                        "(when --sft_dir is not given); experiments/sft_think_rl.py: the "
+                        "rl-data start, its whole chain built per seed.", flag_values=fv)
     flags.DEFINE_string("variant", "", "Config variant (tiny, small, ...).", flag_values=fv)
     flags.DEFINE_string("out", "runs/ladder", "Ladder directory.", flag_values=fv)
     flags.DEFINE_integer("parallel", 1, "Runs at once within a method.", lower_bound=1,
@@ -122,13 +126,18 @@ def _sft_data_overrides(sft_dir: str) -> list[tuple[str, str]]:
 
 def plan(methods: Sequence[str], seeds: Sequence[str], out: str, *, world_seed: int = 0,
          test_size: int = 0, updates: int = 0, variant: str = "", sft_dir: str = "",
-         rl_overrides: Sequence[tuple[str, str]] = ()) -> list[sweep_lib.Sweep]:
+         rl_overrides: Sequence[tuple[str, str]] = (), sft_config: str = SFT_CONFIG
+         ) -> list[sweep_lib.Sweep]:
     """One validated sweep per method (SFT first, unless `sft_dir` gives the one start of
-    every seed); trial `seed<s>` of each in <out>/<method>/seed<s>. Raises SweepError naming
-    the key for a bad override."""
+    every seed); trial `seed<s>` of each in <out>/<method>/seed<s>. `sft_config` trains the
+    starts (a think-first SFT config; its prerequisites are built per seed by
+    experiments.run). Raises SweepError naming the key for a bad override."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise sweep_lib.SweepError(f"--methods: unknown {unknown}; known: {list(METHODS)}")
+    if sft_dir and sft_config != SFT_CONFIG:
+        raise sweep_lib.SweepError("--sft_config trains the starts; --sft_dir gives one: "
+                                   "use one of the two")
     # Every config evaluates dev and every test split by default; all of their examples.
     if sft_dir:
         if world_seed or test_size:
@@ -146,6 +155,8 @@ def plan(methods: Sequence[str], seeds: Sequence[str], out: str, *, world_seed: 
     trained = [m for m in methods if m != "sft"]
     for method in (trained if sft_dir else ["sft"] + trained):
         config_file, own = METHODS[method]
+        if method == "sft":
+            config_file = sft_config
         fixed = data + list(own.items())
         axes: list[tuple[str, list[str]]] = [("seed", list(seeds)), ("data_seed", list(seeds))]
         if method != "sft":
@@ -327,7 +338,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         sweeps = plan(fv.methods, fv.seeds, fv.out, world_seed=fv.world_seed,
                       test_size=fv.test_size, updates=fv.updates, variant=fv.variant,
-                      sft_dir=fv.sft_dir, rl_overrides=fixed)
+                      sft_dir=fv.sft_dir, rl_overrides=fixed, sft_config=fv.sft_config)
     except sweep_lib.SweepError as e:
         print(f"ladder: {e}", file=sys.stderr)
         return 2

@@ -43,6 +43,26 @@ def test_plan_starts_every_method_from_the_sft_run_of_its_seed(tmp_path):
     assert _flag(srpo, "srpo.step_reward.source") == "verifier"
 
 
+def test_plan_trains_the_starts_with_the_sft_config_given(tmp_path):
+    out = str(tmp_path / "ladder")
+    sweeps = ladder.plan(["grpo"], ["0", "1"], out, sft_config="experiments/sft_think_rl.py")
+    assert [s.label for s in sweeps] == ["sft", "grpo"]
+    for trial, seed in zip(sweeps[0].trials, ("0", "1")):
+        assert "--config=experiments/sft_think_rl.py" in trial.command
+        assert _flag(trial.command, "seed") == seed
+    for trial, seed in zip(sweeps[1].trials, ("0", "1")):
+        assert "--config=experiments/grpo.py" in trial.command
+        assert _flag(trial.command, "init_dir") == os.path.join(out, "sft", f"seed{seed}")
+    # The default stays the think-first SFT of experiments/sft_think.py.
+    default = ladder.plan(["grpo"], ["0"], out)
+    assert "--config=experiments/sft_think.py" in default[0].trials[0].command
+    with pytest.raises(sweep_lib.SweepError, match="--sft_dir"):
+        ladder.plan(["grpo"], ["0"], out, sft_dir=str(tmp_path),
+                    sft_config="experiments/sft_think_rl.py")
+    with pytest.raises(sweep_lib.SweepError, match="nope.py"):
+        ladder.plan(["grpo"], ["0"], out, sft_config="experiments/nope.py")
+
+
 def test_plan_rejects_an_unknown_method_or_key(tmp_path):
     with pytest.raises(sweep_lib.SweepError, match="unknown"):
         ladder.plan(["ppo"], ["0"], str(tmp_path))
