@@ -305,6 +305,73 @@ def test_pool_sampler_uses_config():
     np.testing.assert_allclose(sampler.class_probs, [0.5, 0.05, 0.36, 0.09])
 
 
+# Label and query type correlated as in ShopWorld's mixed splits: "qa" prompts are mostly L4
+# (L2 4 %), "alt" ones half L2, "cat" ones never L2; overall 500 / 50 / 360 / 90.
+CORRELATED = _records(["L4"] * 300 + ["L3"] * 30 + ["L2"] * 20 + ["L1"] * 50      # qa: 400
+                      + ["L4"] * 150 + ["L3"] * 10 + ["L2"] * 340 + ["L1"] * 20   # alt: 520
+                      + ["L4"] * 50 + ["L3"] * 10 + ["L1"] * 20,                  # cat: 80
+                      ["qa"] * 400 + ["alt"] * 520 + ["cat"] * 80)
+
+
+def _mix_by_type(sampler, records):
+    """{type: (its share of the draws, its [4] label mix)} in expectation (class_probs)."""
+    out = {}
+    for prob, members in zip(sampler.class_probs, sampler._members):
+        first = records[members[0]]
+        assert all(records[i]["label"] == first["label"] and
+                   records[i]["query_type"] == first["query_type"] for i in members)
+        share, mix = out.get(first["query_type"], (0.0, np.zeros(4)))
+        mix = mix.copy()
+        mix[st.LABELS.index(first["label"])] += prob
+        out[first["query_type"]] = (share + prob, mix)
+    return {k: (share, mix / share) for k, (share, mix) in out.items()}
+
+
+def test_sampler_draws_the_label_independent_of_the_query_type():
+    sampler = filtering.ClassBalancedSampler(CORRELATED, batch_size=16, seed=0, power=0.0,
+                                             independent_of=("query_type",))
+    mixes = _mix_by_type(sampler, CORRELATED)
+    overall = np.array([500, 50, 360, 90]) / 1000
+    for qtype, size in (("qa", 400), ("alt", 520)):
+        share, mix = mixes[qtype]
+        assert share == pytest.approx(size / 1000)  # every type keeps its share of prompts
+        np.testing.assert_allclose(mix, overall)  # and gets the overall label mix
+    # "cat" has no L2 record: its mix is the overall one without L2, renormalised.
+    share, mix = mixes["cat"]
+    assert share == pytest.approx(0.08)
+    np.testing.assert_allclose(mix, [0.5 / 0.64, 0.05 / 0.64, 0.0, 0.09 / 0.64])
+    # Without it the sampler follows the data: "qa" draws stay 75 % L4, 5 % L2.
+    natural = filtering.ClassBalancedSampler(CORRELATED, batch_size=16, seed=0, power=0.0,
+                                             by=("label", "query_type"))
+    # (by label and type at power 0 is uniform over records: the data's own joint mix.)
+    np.testing.assert_allclose(_mix_by_type(natural, CORRELATED)["qa"][1],
+                               [0.75, 0.075, 0.05, 0.125])
+    # Batches realise it: qa prompts drawn are a third L2 instead of one in twenty.
+    drawn = [CORRELATED[i] for k in range(400) for i in sampler.batch(k)]
+    qa = [r["label"] for r in drawn if r["query_type"] == "qa"]
+    assert abs(qa.count("L2") / len(qa) - 0.36) < 0.03
+    # With power 1 the target mix is uniform over labels, within every type.
+    balanced = filtering.ClassBalancedSampler(CORRELATED, batch_size=16, seed=0, power=1.0,
+                                              independent_of=("query_type",))
+    np.testing.assert_allclose(_mix_by_type(balanced, CORRELATED)["alt"][1], 0.25)
+    assert balanced.expected_label_mix()[2] < 0.25  # "cat" cannot give L2
+
+
+def test_label_independent_of_config_is_checked():
+    sampler = filtering.pool_sampler(
+        CORRELATED, 8, 0, _config(label_balance_power=0.0, label_independent_of=("query_type",)))
+    assert sampler.independent_of == ("query_type",)
+    assert _mix_by_type(sampler, CORRELATED)["qa"][1][2] == pytest.approx(0.36)
+    with pytest.raises(ValueError, match="tuple of record keys"):
+        filtering.pool_sampler(CORRELATED, 8, 0,  # (a plain mapping: ConfigDict keeps types)
+                               {**_config().to_dict(), "label_independent_of": "query_type"})
+    with pytest.raises(ValueError, match="balance_by"):
+        filtering.pool_sampler(CORRELATED, 8, 0, _config(
+            label_independent_of=("query_type",), balance_by=("label", "query_type")))
+    with pytest.raises(ValueError, match="'shop'"):
+        filtering.ClassBalancedSampler(CORRELATED, 4, 0, independent_of=("shop",))
+
+
 def test_filter_metrics_hand_values():
     config = _config(accuracy_band=(0.0, 0.7))
     stats = filtering.group_stats(REWARDS, CORRECT)
