@@ -97,6 +97,21 @@ def test_compute_stats_balanced_and_empty():
     assert result["label_cv"] == 0.0 and result["cot_tokens"] is None
     empty = stats.compute_stats([])
     assert empty["size"] == 0 and empty["label_cv"] is None
+    assert result["labels_by_query_type"] == {"qa": {"L1": 3, "L2": 3, "L3": 3, "L4": 3}}
+
+
+def test_label_mix_by_query_type_is_counted_and_printed():
+    records = ([{"label": "L4", "query_type": "qa"}] * 3 + [{"label": "L2", "query_type": "qa"}]
+               + [{"label": "L2", "query_type": "negation"}] * 2
+               + [{"label": "L1"}])  # no type: counted as 'unknown'
+    result = stats.compute_stats(records)
+    assert result["labels_by_query_type"] == {
+        "negation": {"L1": 0, "L2": 2, "L3": 0, "L4": 0},
+        "qa": {"L1": 0, "L2": 1, "L3": 0, "L4": 3},
+        "unknown": {"L1": 1, "L2": 0, "L3": 0, "L4": 0}}
+    report = stats.format_report(result, "x.jsonl")
+    assert "  qa           75 / 0 / 25 / 0  (n=4)" in report
+    assert "  negation     0 / 0 / 100 / 0  (n=2)" in report
 
 
 def test_compute_stats_percentiles():

@@ -6,6 +6,8 @@ r"""Dataset statistics: size, label mix and its CV, query types, popularity, CoT
   ... --json                         # one JSON object instead of the text report
   ... --tokenizer=DIR                # count CoT tokens with this tokenizer
 
+labels_by_query_type holds the label counts within each query type (the report prints
+their mixes): a mixed split whose types differ in label mix teaches a per-type prior.
 label_cv is the coefficient of variation of the four label counts (L1..L4, zeros included):
 population std / mean — 0 for a perfectly balanced set (TaoSR1 found lower CV trains better).
 CoT token lengths are of the think-first CoT text (the record's `cot`, else its annotations
@@ -69,6 +71,13 @@ def compute_stats(records: Sequence[Mapping], tokenizer=None,
                                                        for r in records).items())),
         "popularity": dict(sorted(collections.Counter(r.get("popularity", "unknown")
                                                       for r in records).items())),
+        # The label counts within each query type: a split whose types hold different label
+        # mixes teaches a per-type prior (ShopWorld's mixed splits fill each label by
+        # rejection over the types; its single-type test splits hold the overall mix).
+        "labels_by_query_type": {
+            qtype: {label: sum(1 for r in records if r.get("query_type", "unknown") == qtype
+                               and r["label"] == label) for label in sorted(st.LABELS)}
+            for qtype in sorted({r.get("query_type", "unknown") for r in records})},
         "cot_tokens": cot_tokens,
         "skipped": dict(skipped or {}),
     }
@@ -92,6 +101,14 @@ def format_report(stats: Mapping[str, Any], source: str) -> str:
         f"query types: {mix(stats['query_types'])}",
         f"popularity:  {mix(stats['popularity'])}",
     ]
+    by_type = stats.get("labels_by_query_type") or {}
+    if len(by_type) > 1:  # one type: its mix is the labels line above
+        lines.append("labels by query type (L4 / L3 / L2 / L1 %):")
+        for qtype, counts in by_type.items():
+            n = sum(counts.values())
+            shares = " / ".join(f"{100 * counts.get(label, 0) / n:.0f}"
+                                for label in reversed(sorted(st.LABELS)))
+            lines.append(f"  {qtype:<12} {shares}  (n={n})")
     tokens = stats["cot_tokens"]
     if tokens is None:
         lines.append("CoT tokens:  no CoT in the data")
