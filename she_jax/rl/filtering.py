@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from she_jax import special_tokens as st
-from she_jax.data import cot
+from she_jax.data import cot, resample
 from she_jax.data.cot import ParsedCoT
 
 # A group whose reward std over its G rollouts is at most this is "zero variance": equal
@@ -89,10 +89,8 @@ def _check_config(config: Mapping[str, Any]) -> None:
         value = config[key]
         if not (math.isfinite(value) and value >= 0.0):
             raise ValueError(f"{key} must be finite and >= 0, got {value}")
-    independent = config.get("label_independent_of", ())
-    if isinstance(independent, str) or not all(isinstance(k, str) for k in independent):
-        raise ValueError(f"label_independent_of must be a tuple of record keys, e.g. "
-                         f"('query_type',), got {independent!r}")
+    independent = resample.check_keys(config.get("label_independent_of", ()),
+                                      "label_independent_of")
     if independent and tuple(config["balance_by"]) != ("label",):
         raise ValueError(f"label_independent_of needs balance_by=('label',), got "
                          f"{tuple(config['balance_by'])!r}")
@@ -316,32 +314,10 @@ class ClassBalancedSampler:
             weights = sizes ** (1.0 - self.power)
             self.class_probs = weights / weights.sum()
         else:
-            self._members, self.class_probs = self._independent_classes(records)
+            self._members, self.class_probs = resample.label_independent_classes(
+                records, independent_of, self.power)
         self.batches_drawn = 0
 
-    def _independent_classes(self, records: Sequence[Mapping]
-                             ) -> tuple[list[np.ndarray], np.ndarray]:
-        """Classes (label, group) with P = P(group) * target(label | group): the group (the
-        `independent_of` values) keeps its share of the records, and within it the label
-        follows the overall target mix (label counts ^ (1 - power)), renormalised over the
-        labels the group has records of (a group without some label cannot give it)."""
-        labels = [r["label"] for r in records]
-        groups = [tuple(r[k] for k in self.independent_of) for r in records]
-        label_ids, group_ids = _class_ids(labels), _class_ids(groups)
-        label_sizes = np.bincount(label_ids).astype(np.float64)
-        target = label_sizes ** (1.0 - self.power)
-        target /= target.sum()
-        group_share = np.bincount(group_ids) / len(records)
-        members, probs = [], []
-        for g in range(group_ids.max() + 1):
-            in_group = group_ids == g
-            present = [c for c in range(label_sizes.size) if np.any(in_group & (label_ids == c))]
-            mass = target[present].sum()
-            for c in present:
-                members.append(np.flatnonzero(in_group & (label_ids == c)))
-                probs.append(group_share[g] * target[c] / mass)
-        probs = np.asarray(probs)
-        return members, probs / probs.sum()
 
     def batch(self, k: int) -> np.ndarray:
         """Batch k: [batch_size] int64 record indices, in random order."""

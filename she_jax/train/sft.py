@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from she_jax import parallel
-from she_jax.data import cot, loader, sources
+from she_jax.data import cot, loader, resample, sources
 from she_jax.data.cot import training_orders  # the orders SFT trains on
 from she_jax.eval import evaluate
 from she_jax.models import transformer
@@ -39,6 +39,10 @@ def sft_section() -> ml_collections.ConfigDict:
     # annotates `annotation_fraction` of its records). False also trains the others, on their
     # label token alone.
     c.require_cot = True
+    # Record keys the trained label is made independent of, e.g. ("query_type",): the
+    # records are resampled (same count) so that every query type holds the overall label
+    # mix (she_jax.data.resample; ShopWorld's mixed splits give each type its own). () = off.
+    c.label_independent_of = ()
     c.buckets = (96, 128, 160)  # padded sequence lengths (one compiled step per bucket)
     # Loss weight of the label token relative to a CoT token (1.0 = plain token-mean SFT).
     # The label is one token among ~50 of CoT; answer-first puts the whole decision on it.
@@ -182,26 +186,33 @@ class _Repeating:
         self.index = int(position["index"])
 
 
-def training_records(section: Mapping[str, Any], splits: Mapping[str, Sequence[Mapping]]
-                     ) -> Sequence[Mapping]:
+def training_records(section: Mapping[str, Any], splits: Mapping[str, Sequence[Mapping]],
+                     seed: int = 0) -> Sequence[Mapping]:
     """The records of `section.train_split` SFT trains on: with `require_cot`, only those that
-    carry a gold CoT. Errors name the config key."""
+    carry a gold CoT; with `label_independent_of`, those resampled (seeded by `seed`) so the
+    label is independent of the keys. Errors name the config key."""
     split = section["train_split"]
     records = sources.require_split(splits, split, "config.sft.train_split")
-    if not section["require_cot"]:
-        return records
-    kept = cot.gold_cot_records(records, f"config.sft.train_split={split!r}")
-    if len(kept) < len(records):
-        logging.info("sft: %d of %d %r records carry a gold CoT and are trained "
-                     "(config.sft.require_cot)", len(kept), len(records), split)
-    return kept
+    if section["require_cot"]:
+        kept = cot.gold_cot_records(records, f"config.sft.train_split={split!r}")
+        if len(kept) < len(records):
+            logging.info("sft: %d of %d %r records carry a gold CoT and are trained "
+                         "(config.sft.require_cot)", len(kept), len(records), split)
+        records = kept
+    keys = resample.check_keys(section.get("label_independent_of", ()),
+                               "config.sft.label_independent_of")
+    if keys:
+        records = resample.resample_label_independent(records, keys, seed=seed)
+        logging.info("sft: %d records resampled with the label independent of %s",
+                     len(records), keys)
+    return records
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, exports <workdir>/model, evaluates into <workdir>/eval.json; returns eval."""
     splits, tokenizer, model_config, params = bootstrap.start_run(config, workdir)
 
-    records = training_records(config.sft, splits)
+    records = training_records(config.sft, splits, seed=config.data_seed)
     orders = training_orders(config.sft)
     dataset = loader.sft_dataset(
         records, tokenizer, batch_size=config.batch.batch_size, buckets=config.sft.buckets,
