@@ -280,7 +280,10 @@ class ClassBalancedSampler:
     with class probabilities ~ count(c)^(1 - power), then each class's records are drawn
     uniformly WITHOUT replacement (with replacement only if a class has fewer records than
     its count in the batch). So a record's chance per draw is exactly ~ count(c)^-power, and
-    a batch repeats a prompt only when its class is that small.
+    a batch repeats a prompt only when its class is that small. With `independent_of`
+    (record keys, e.g. ('query_type',); needs by=('label',)) the classes are (those keys'
+    values, label) and their probabilities make the label independent of the keys, each
+    value keeping its share (she_jax.data.resample.label_independent_classes).
 
     Batch k uses np.random.default_rng([seed, k]) alone, so the sampler's whole position is
     the number of batches drawn: `get_state()` is a JSON-able dict and `set_state`
@@ -317,7 +320,6 @@ class ClassBalancedSampler:
             self._members, self.class_probs = resample.label_independent_classes(
                 records, independent_of, self.power)
         self.batches_drawn = 0
-
 
     def batch(self, k: int) -> np.ndarray:
         """Batch k: [batch_size] int64 record indices, in random order."""

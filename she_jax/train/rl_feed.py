@@ -468,7 +468,8 @@ def placebo_shuffle(scored: Scored, rng: np.random.Generator) -> Scored:
     reward no longer depends on what it says. An update is then RL's step without its
     signal (with Adam, a full-size step along noise): the control that tells how much of
     a run's change is its reward's and how much the optimizer's wander. The metrics the
-    scorer computed (rollout accuracy, rule violations) stay the true ones.
+    scorer computed (rollout accuracy, rule violations) stay the true ones; samples.jsonl
+    shows the shuffled rewards beside each text.
     """
     rewards = np.asarray(scored.rewards)
     b, g = rewards.shape[:2]
