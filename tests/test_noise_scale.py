@@ -45,6 +45,9 @@ def test_recovers_signal_and_noise_of_simulated_gradients(tmp_path, capsys):
     # The signal share of an update at B is B / (B + B_simple): small at 8, larger at 64.
     shares = [r["signal_share"] for r in result["runs"]]
     assert shares[0] < 0.15 < 0.25 < shares[1] < 0.6, shares
+    for run in result["runs"]:
+        assert run["signal_share"] <= run["signal_share_max"] == pytest.approx(
+            run["batch"] / (run["batch"] + lo))
     assert [r["steps"] for r in result["runs"]] == [400, 400]  # rows without grad_norm skipped
     printed = capsys.readouterr().out
     assert "B_simple" in printed and "| 8 |" in printed and "| 64 |" in printed
@@ -59,6 +62,11 @@ def test_pure_noise_gives_an_infinite_noise_scale():
     # |G|^2 is estimated near 0; the upper end of B_simple's interval is unbounded.
     assert abs(result["signal_sq_norm"]) < 0.01
     assert math.isinf(result["b_simple_ci"][1])
+    # The share is about 0 at the point estimate; its upper end stays below 1.
+    for run in result["runs"]:
+        assert run["signal_share"] < 0.2 and run["signal_share"] <= run["signal_share_max"] < 1
+    assert noise_scale.estimate([(8, np.full(5, 0.5)), (32, np.full(5, 0.125))],
+                                n_resamples=50)["runs"][0]["signal_share"] < 1e-9  # |G|^2 = 0
 
 
 def test_fit_is_exact_for_two_batch_sizes():

@@ -21,7 +21,8 @@ and tr(Sigma) by least squares on 1 / B (with two, the estimators of McCandlish 
 scale B_simple = tr(Sigma) / |G|^2: the batch at which an update is as much signal as
 noise. At B far below B_simple an update is mostly noise — and Adam, which normalises the
 step's size, takes a full-size step along it. The share of an update's expected squared
-norm that is signal is B / (B + B_simple), printed per run.
+norm that is signal is B / (B + B_simple), printed per run with its upper end (B_simple at
+the lower end of its interval).
 
 Intervals: 95 % percentile bootstrap over each run's steps, resampled independently per
 run (`scipy.stats.bootstrap`). An estimated |G|^2 at or below 0 means the signal is not
@@ -118,7 +119,9 @@ def estimate(runs: Sequence[tuple[int, np.ndarray]], n_resamples: int = 2000,
         per_run.append({
             "batch": b, "steps": int(sq.size), "mean_sq_norm": float(sq.mean()),
             "sem_sq_norm": float(sq.std(ddof=1) / math.sqrt(sq.size)),
-            "signal_share": (float(b / (b + scale)) if math.isfinite(scale) else 0.0)})
+            "signal_share": (float(b / (b + scale)) if math.isfinite(scale) else 0.0),
+            # the upper end, from B_simple's lower end (its interval is over resamples)
+            "signal_share_max": float(b / (b + lo)) if lo > 0 else 1.0})
     return {
         "signal_sq_norm": signal, "trace_sigma": trace,
         "signal_sq_norm_ci": [float(v) for v in boot.confidence_interval.low[:1]]
@@ -134,12 +137,12 @@ def render(result: Mapping, names: Sequence[str]) -> str:
     def num(v):
         return "inf" if not math.isfinite(v) else f"{v:.4g}"
 
-    lines = ["| run | B (prompt groups) | steps | mean grad_norm^2 | signal share of an update |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| run | B (prompt groups) | steps | mean grad_norm^2 | signal share of an update "
+             "(95 % upper end) |", "| --- | ---: | ---: | ---: | ---: |"]
     for name, run in zip(names, result["runs"]):
         lines.append(f"| {name} | {run['batch']} | {run['steps']} | "
                      f"{run['mean_sq_norm']:.4g} +- {run['sem_sq_norm']:.2g} | "
-                     f"{100 * run['signal_share']:.0f} % |")
+                     f"{100 * run['signal_share']:.0f} % ({100 * run['signal_share_max']:.0f} %) |")
     lo, hi = result["b_simple_ci"]
     lines += ["", f"|G|^2 (signal) = {num(result['signal_sq_norm'])} "
               f"[{num(result['signal_sq_norm_ci'][0])}, {num(result['signal_sq_norm_ci'][1])}]; "
