@@ -99,3 +99,6 @@ def test_sft_trains_the_resampled_records_when_asked():
         records, ("query_type",), seed=3)]
     with pytest.raises(ValueError, match="config.sft.label_independent_of"):
         sft.training_records({**section, "label_independent_of": "query_type"}, splits)
+    untyped = {"sft": [{"id": "x", "label": "L4", "cot": "c"}]}
+    with pytest.raises(ValueError, match="label_independent_of=.*train_split='sft'.*query_type"):
+        sft.training_records(section, untyped)

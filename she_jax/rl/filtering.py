@@ -307,7 +307,8 @@ class ClassBalancedSampler:
         for key in by + independent_of:
             missing = [i for i, r in enumerate(records) if r.get(key) is None]
             if missing:
-                raise ValueError(f"by={by}: records {missing[:5]} have no {key!r}")
+                what = f"by={by}" if key in by else f"label_independent_of={independent_of}"
+                raise ValueError(f"{what}: records {missing[:5]} have no {key!r}")
         self.records, self.batch_size, self.seed = records, batch_size, int(seed)
         self.power, self.by, self.independent_of = float(power), by, independent_of
         if not independent_of:

@@ -42,6 +42,8 @@ def sft_section() -> ml_collections.ConfigDict:
     # Record keys the trained label is made independent of, e.g. ("query_type",): the
     # records are resampled (same count) so that every query type holds the overall label
     # mix (she_jax.data.resample; ShopWorld's mixed splits give each type its own). () = off.
+    # Measured on the sft_think_rl stage, 3 seeds each (docs/results/label_shift): macro-F1
+    # within noise on every split, rule violations +4.1 points; RL is where it helps.
     c.label_independent_of = ()
     c.buckets = (96, 128, 160)  # padded sequence lengths (one compiled step per bucket)
     # Loss weight of the label token relative to a CoT token (1.0 = plain token-mean SFT).
@@ -202,7 +204,11 @@ def training_records(section: Mapping[str, Any], splits: Mapping[str, Sequence[M
     keys = resample.check_keys(section.get("label_independent_of", ()),
                                "config.sft.label_independent_of")
     if keys:
-        records = resample.resample_label_independent(records, keys, seed=seed)
+        try:
+            records = resample.resample_label_independent(records, keys, seed=seed)
+        except ValueError as e:
+            raise ValueError(f"config.sft.label_independent_of={keys!r} on "
+                             f"config.sft.train_split={split!r}: {e}") from None
         logging.info("sft: %d records resampled with the label independent of %s",
                      len(records), keys)
     return records
