@@ -87,7 +87,11 @@ def test_bad_runs_are_named(tmp_path, capsys):
     assert "two or more batch sizes" in capsys.readouterr().err
     # --allow_moving accepts a training run (the estimate then mixes policies).
     other = _write_run(tmp_path / "b32", 32, [0.3, 0.31, 0.29])
-    assert noise_scale.main([moving, other, "--allow_moving", "--n_resamples=100"]) == 0
+    out = tmp_path / "moving.json"
+    assert noise_scale.main([moving, other, "--allow_moving", "--n_resamples=100",
+                             f"--out={out}"]) == 0
+    written = json.loads(out.read_text())  # strict JSON; an infinite scale would be null
+    assert written["inputs"] == [moving, other] and "b_simple" in written
     with pytest.raises(noise_scale.NoiseScaleError, match="config.json"):
         noise_scale.read_run(str(tmp_path / "nothing"))
     short = _write_run(tmp_path / "short", 8, [0.5])

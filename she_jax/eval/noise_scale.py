@@ -27,7 +27,8 @@ the lower end of its interval).
 Intervals: 95 % percentile bootstrap over each run's steps, resampled independently per
 run (`scipy.stats.bootstrap`). An estimated |G|^2 at or below 0 means the signal is not
 distinguishable from 0 at these batch sizes: B_simple is then reported as infinite.
-Writes nothing unless --out is given (JSON); prints a table.
+Writes nothing unless --out is given (strict JSON: an infinite value is null); prints a
+table.
 """
 
 from __future__ import annotations
@@ -133,6 +134,16 @@ def estimate(runs: Sequence[tuple[int, np.ndarray]], n_resamples: int = 2000,
     }
 
 
+def _strict(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict(v) for v in value]
+    return value
+
+
 def render(result: Mapping, names: Sequence[str]) -> str:
     def num(v):
         return "inf" if not math.isfinite(v) else f"{v:.4g}"
@@ -173,8 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render(result, args.runs))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        with open(args.out, "w") as f:  # strict JSON: an infinite scale is written as null
+            json.dump(_strict(result), f, indent=1, allow_nan=False)
         print(f"wrote {args.out}")
     return 0
 
