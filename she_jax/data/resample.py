@@ -25,7 +25,8 @@ import numpy as np
 from she_jax import special_tokens as st
 
 
-def _ids(values: Sequence) -> np.ndarray:
+def class_ids(values: Sequence) -> np.ndarray:
+    """Dense ids 0..C-1 of hashable values, in order of first appearance."""
     index: dict = {}
     return np.array([index.setdefault(v, len(index)) for v in values], dtype=np.int64)
 
@@ -54,8 +55,8 @@ def label_independent_classes(records: Sequence[Mapping], keys: Sequence[str],
     bad = [r["label"] for r in records if r["label"] not in st.LABELS]
     if bad:
         raise ValueError(f"label {bad[0]!r} is not one of {st.LABELS}")
-    label_ids = _ids([r["label"] for r in records])
-    group_ids = _ids([tuple(r[k] for k in keys) for r in records])
+    label_ids = class_ids([r["label"] for r in records])
+    group_ids = class_ids([tuple(r[k] for k in keys) for r in records])
     label_sizes = np.bincount(label_ids).astype(np.float64)
     target = label_sizes ** (1.0 - float(power))
     target /= target.sum()

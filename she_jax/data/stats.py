@@ -51,6 +51,7 @@ def compute_stats(records: Sequence[Mapping], tokenizer=None,
     tokenizer: anything with encode_batch(texts) -> ids; needed only if some record has a CoT.
     """
     labels = collections.Counter(r["label"] for r in records)
+    by_type = collections.Counter((r.get("query_type", "unknown"), r["label"]) for r in records)
     counts = np.array([labels.get(label, 0) for label in sorted(st.LABELS)], dtype=np.float64)
     cv = float(counts.std() / counts.mean()) if counts.sum() else None
     texts = [t for t in map(cot_text, records) if t is not None]
@@ -75,9 +76,8 @@ def compute_stats(records: Sequence[Mapping], tokenizer=None,
         # mixes teaches a per-type prior (ShopWorld's mixed splits fill each label by
         # rejection over the types; its single-type test splits hold the overall mix).
         "labels_by_query_type": {
-            qtype: {label: sum(1 for r in records if r.get("query_type", "unknown") == qtype
-                               and r["label"] == label) for label in sorted(st.LABELS)}
-            for qtype in sorted({r.get("query_type", "unknown") for r in records})},
+            qtype: {label: by_type[qtype, label] for label in sorted(st.LABELS)}
+            for qtype in sorted({qtype for qtype, _ in by_type})},
         "cot_tokens": cot_tokens,
         "skipped": dict(skipped or {}),
     }

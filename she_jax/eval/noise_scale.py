@@ -76,13 +76,15 @@ def read_run(workdir: str, allow_moving: bool = False) -> tuple[int, np.ndarray]
     return batch, norms ** 2
 
 
-def fit(batches: Sequence[int], mean_sq: Sequence[float]) -> tuple[float, float]:
-    """(|G|^2, tr(Sigma)) from the mean squared norms at each batch size: least squares of
-    mean_sq = |G|^2 + tr(Sigma) / B (exact for two batch sizes)."""
+def fit(batches: Sequence[int], mean_sq) -> tuple:
+    """(|G|^2, tr(Sigma)) from the mean squared norms at each batch size (last axis of
+    `mean_sq`, any leading axes): least squares of mean_sq = |G|^2 + tr(Sigma) / B (exact
+    for two batch sizes)."""
     x = 1.0 / np.asarray(batches, np.float64)
-    design = np.stack([np.ones_like(x), x], axis=1)
-    (signal, trace), *_ = np.linalg.lstsq(design, np.asarray(mean_sq, np.float64), rcond=None)
-    return float(signal), float(trace)
+    xc = x - x.mean()
+    mean_sq = np.asarray(mean_sq, np.float64)
+    trace = (mean_sq - mean_sq.mean(axis=-1, keepdims=True)) @ xc / (xc @ xc)
+    return mean_sq.mean(axis=-1) - trace * x.mean(), trace
 
 
 def b_simple(signal: float, trace: float) -> float:
@@ -97,21 +99,17 @@ def estimate(runs: Sequence[tuple[int, np.ndarray]], n_resamples: int = 2000,
         raise NoiseScaleError(f"need runs at two or more batch sizes (rl.prompts_per_step), "
                               f"got {sorted(set(batches))}")
     samples = [sq for _, sq in runs]
-    signal, trace = fit(batches, [s.mean() for s in samples])
+    signal, trace = (float(v) for v in fit(batches, [s.mean() for s in samples]))
 
     def stat(*resampled, axis=-1):
-        means = np.stack([np.mean(r, axis=axis) for r in resampled], axis=-1)  # [..., R]
-        x = 1.0 / np.asarray(batches, np.float64)
-        xc = x - x.mean()
-        slope = (means - means.mean(axis=-1, keepdims=True)) @ xc / (xc @ xc)
-        intercept = means.mean(axis=-1) - slope * x.mean()
-        return np.stack([intercept, slope], axis=0)
+        return np.stack(fit(batches, np.stack([np.mean(r, axis=axis) for r in resampled],
+                                              axis=-1)), axis=0)
 
     boot = stats.bootstrap(samples, stat, n_resamples=n_resamples, method="percentile",
                            vectorized=True, random_state=np.random.default_rng(seed))
     resampled = boot.bootstrap_distribution  # [2, n_resamples]
-    scales = np.where(resampled[0] > 0, resampled[1] / np.where(resampled[0] > 0,
-                                                                resampled[0], 1.0), np.inf)
+    scales = np.full(resampled.shape[1], np.inf)  # |G|^2 <= 0: no finite scale
+    np.divide(resampled[1], resampled[0], out=scales, where=resampled[0] > 0)
     # No interpolation between resamples: some may be infinite (|G|^2 <= 0).
     lo, hi = (float(v) for v in np.quantile(scales, [0.025, 0.975], method="inverted_cdf"))
     scale = b_simple(signal, trace)

@@ -230,8 +230,8 @@ def priority(stats: Mapping[str, np.ndarray], diversity: np.ndarray, records: Se
     candidates = np.flatnonzero(keep)
     if rng is not None:
         candidates = rng.permutation(candidates)
-    type_ids = _class_ids([records[i].get("query_type") for i in candidates])
-    label_ids = _class_ids([records[i]["label"] for i in candidates])
+    type_ids = resample.class_ids([records[i].get("query_type") for i in candidates])
+    label_ids = resample.class_ids([records[i]["label"] for i in candidates])
     type_counts = np.zeros(type_ids.max(initial=-1) + 1)
     label_counts = np.zeros(label_ids.max(initial=-1) + 1)
     base_gain = config["diversity_weight"] * diversity[candidates]
@@ -249,11 +249,6 @@ def priority(stats: Mapping[str, np.ndarray], diversity: np.ndarray, records: Se
         result[candidates[pick]] = candidates.size - rank
     return result
 
-
-def _class_ids(values: Sequence[Any]) -> np.ndarray:
-    """Dense ids 0..C-1 of hashable values, in order of first appearance."""
-    ids: dict[Any, int] = {}
-    return np.array([ids.setdefault(v, len(ids)) for v in values], dtype=np.int64)
 
 
 def label_cv(labels: Sequence[str]) -> float:
@@ -312,7 +307,7 @@ class ClassBalancedSampler:
         self.records, self.batch_size, self.seed = records, batch_size, int(seed)
         self.power, self.by, self.independent_of = float(power), by, independent_of
         if not independent_of:
-            class_ids = _class_ids([tuple(r[k] for k in by) for r in records])
+            class_ids = resample.class_ids([tuple(r[k] for k in by) for r in records])
             self._members = [np.flatnonzero(class_ids == c) for c in range(class_ids.max() + 1)]
             sizes = np.array([m.size for m in self._members], dtype=np.float64)
             weights = sizes ** (1.0 - self.power)
