@@ -37,15 +37,8 @@ def get_config(arg=None):
     # --config.rl.advantage.scale=std --config.rl.advantage.clamp=2 gives GRPO's.
     c.rl.advantage.scale = "mean"
     c.rl.advantage.clamp = 0.0
-    # Prompts with the label drawn independent of the query type (she_jax.data.resample):
-    # ShopWorld's rl split gives each type its own label mix (alternative L2 44 %, QA L2
-    # 4 %; every test split holds 35 %), which RL learns as a prior. Measured from
-    # runs/sft_think_rl, 3 seeds each (docs/results/label_shift): against this config
-    # without it, hard types +2.9 [+1.5, +4.3], every test split +2.3 [+1.3, +3.4]; against
-    # the start within noise (hard types -1.3 [-3.1, +0.5]). With records of one query type
-    # (your own data without the field: 'unknown') it changes nothing.
-    # --config.rl.filter.label_independent_of="()" gives the data's own per-type mixes.
-    c.rl.filter.label_independent_of = ("query_type",)
+    # Prompts: the label drawn independent of the query type (experiments/common.py,
+    # rl_config). --config.rl.filter.label_independent_of="()" gives the data's own mixes.
     return c
 
 
