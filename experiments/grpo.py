@@ -14,7 +14,7 @@ runs/grpo[_<variant>]/ with metrics.jsonl (reward, accuracy, clip fraction, KL, 
 shares, seconds per phase), samples.jsonl (decoded rollouts and rewards) and eval.json.
 """
 
-from experiments.common import base_config, rl_config
+from experiments.common import rl_config
 
 
 def get_config(arg=None):
