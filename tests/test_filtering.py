@@ -1,5 +1,6 @@
 """Tests for she_jax.rl.filtering: dynamic sampling, diversified priority, class balance."""
 
+import importlib
 import json
 import math
 
@@ -372,13 +373,11 @@ def test_label_independent_of_config_is_checked():
         filtering.ClassBalancedSampler(CORRELATED, 4, 0, independent_of=("shop",))
 
 
-
 @pytest.mark.parametrize("name", ["grpo", "agrl", "srpo_stage1", "srpo_stage3"])
 def test_every_rl_config_draws_the_label_independent_of_the_query_type(name):
     # The RL configs' own prompt sampler (their rl.filter section, as the trainers build
     # it): on data whose query types carry different label mixes, every type is drawn with
     # the overall mix — qa 36 % L2 where its records hold 5 % (docs/results/label_shift).
-    import importlib
     config = importlib.import_module(f"experiments.{name}").get_config()
     sampler = filtering.pool_sampler(CORRELATED, config.rl.prompts_per_step, 0,
                                      config.rl.filter)
@@ -387,6 +386,7 @@ def test_every_rl_config_draws_the_label_independent_of_the_query_type(name):
     drawn = [CORRELATED[i] for k in range(300) for i in sampler.batch(k)]
     qa = [r["label"] for r in drawn if r["query_type"] == "qa"]
     assert abs(qa.count("L2") / len(qa) - 0.36) < 0.04
+
 
 def test_filter_metrics_hand_values():
     config = _config(accuracy_band=(0.0, 0.7))
