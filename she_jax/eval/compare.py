@@ -54,7 +54,7 @@ from she_jax.eval.report_render import (  # noqa: F401
     _diff_text, _md_cell, _mix_text, _pct, _right_aligned, _slug, plot_curve, plot_macro_f1,
     render_html, render_markdown, report_blocks, write_report)
 from she_jax.eval.resampling import (CONFIDENCE, METRICS, SplitData, finite_or_none,
-                                     interval_cell, nan_mean, paired_intervals,
+                                     interval_cell, json_safe, nan_mean, paired_intervals,
                                      paired_replicates,
                                      setting_bootstrap, stratified_counts)
 from she_jax.eval.runs_index import (  # noqa: F401
@@ -374,23 +374,10 @@ def build_report(paths: Sequence[str], out_dir: str | None = None, *,
         "curves": curves,
         "warnings": warnings,
     }
-    result = _json_safe(result)
+    result = json_safe(result)
     write_report(result, out_dir)
     logging.info("compare: report in %s (%.1f s)", out_dir, time.perf_counter() - start)
     return result
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf -> None, tuples -> lists, numpy scalars -> Python: report.json is strict JSON."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # ----------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from she_jax.eval.resampling import json_safe
 from she_jax.eval.runs_index import _read_metrics as read_metrics
 
 
@@ -132,16 +133,6 @@ def estimate(runs: Sequence[tuple[int, np.ndarray]], n_resamples: int = 2000,
     }
 
 
-def _strict(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_strict(v) for v in value]
-    return value
-
-
 def render(result: Mapping, names: Sequence[str]) -> str:
     def num(v):
         return "inf" if not math.isfinite(v) else f"{v:.4g}"
@@ -183,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:  # strict JSON: an infinite scale is written as null
-            json.dump(_strict(result), f, indent=1, allow_nan=False)
+            json.dump(json_safe(result), f, indent=1, allow_nan=False)
         print(f"wrote {args.out}")
     return 0
 

@@ -107,14 +107,14 @@ def compare(settings: Mapping[str, Sequence[str]], baseline: str | None = None, 
            "settings": {n: list(d) for n, d in settings.items()}, "confidence": CONFIDENCE,
            "splits": {}}
     for split in splits:
-        paths = settings[baseline]
-        ids, base = per_prompt(loaded[baseline], split, paths)
+        per_setting = {name: per_prompt(runs, split, settings[name])
+                       for name, runs in loaded.items()}
+        ids, base = per_setting[baseline]
         row = {"n": len(ids), "values": {}, "diffs": {}}
-        for name, runs in loaded.items():
-            run_ids, vals = per_prompt(runs, split, settings[name])
+        for name, (run_ids, vals) in per_setting.items():
             if run_ids != ids:
                 raise ValueError(f"{settings[name][0]}: split {split!r} holds other prompts "
-                                 f"than {paths[0]}")
+                                 f"than {first_dir}")
             row["values"][name] = {m: float(v.mean()) for m, v in vals.items()}
             if name == baseline:
                 continue

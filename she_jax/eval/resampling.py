@@ -16,7 +16,8 @@ tests/test_resampling.py checks against scipy.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -191,6 +192,19 @@ def _interval(replicates: np.ndarray) -> tuple[float | None, float | None, int]:
 
 def finite_or_none(x: Any) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None, tuples -> lists, numpy scalars -> Python: for strict JSON files."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def setting_bootstrap(data: SplitData, n_resamples: int, rng: np.random.Generator,

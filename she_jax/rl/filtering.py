@@ -250,7 +250,6 @@ def priority(stats: Mapping[str, np.ndarray], diversity: np.ndarray, records: Se
     return result
 
 
-
 def label_cv(labels: Sequence[str]) -> float:
     """Coefficient of variation (population std / mean) of the counts of the 4 labels.
 
