@@ -35,6 +35,7 @@ def test_pass_at_k_from_the_sampled_counts(think_run):
     assert votes[np.arange(8), gold].tolist() == row["num_correct"]
     assert votes[:, 2].sum() / 32 == pytest.approx(row["sampled_label_mix"]["L2"])
     assert len(row["ids"]) == 8
+    assert "greedy" not in row  # the evaluation answered only 4 of the 8 records
     assert sum(row["gold_label_mix"].values()) == pytest.approx(1.0)
     with open(os.path.join(think_run, passk.OUTPUT_FILE)) as f:
         assert json.load(f)["splits"]["dev"]["num_correct"] == row["num_correct"]
@@ -55,7 +56,8 @@ def _dev_labels(workdir, n):
 
 
 def test_greedy_samples_are_all_alike(think_run):
-    row = passk.run_pass_at_k(think_run, k=3, splits=["dev"], max_examples=6, batch=3,
+    # The 4 dev records the run's evaluation answered (tiny_runs: eval.max_examples 4).
+    row = passk.run_pass_at_k(think_run, k=3, splits=["dev"], max_examples=4, batch=3,
                               temperature=0.0)["dev"]
     assert set(row["num_correct"]) <= {0, 3}
     assert row["pass@1"] == pytest.approx(row["pass@3"])
@@ -63,6 +65,34 @@ def test_greedy_samples_are_all_alike(think_run):
     assert row["maj@3"] == pytest.approx(row["pass@1"])
     for step in row["steps"].values():
         assert set(step["num_correct"]) <= {0, 3}
+    # Temperature 0 is the evaluation's greedy decoding: the run's predictions.jsonl
+    # answers the same records the same way.
+    greedy = row["greedy"]
+    assert greedy["n"] == 4 and greedy["accuracy"] == pytest.approx(row["pass@1"])
+    assert greedy["wrong_sampled_right"] in (0.0, None)
+    assert greedy["right_sampled_wrong"] in (0.0, None)
+
+
+def test_greedy_room_counts_where_the_samples_disagree_with_the_greedy_answer():
+    # k = 4: greedy wrong with 3, 2, 0 samples right; greedy right with 1, 4 right.
+    room = passk.greedy_room([3, 2, 0, 1, 4], 4, [False, False, False, True, True])
+    assert room == {"n": 5, "accuracy": pytest.approx(0.4),
+                    "wrong_sampled_right": pytest.approx(1 / 3),
+                    "right_sampled_wrong": pytest.approx(1 / 2)}
+    assert passk.greedy_room([4], 4, [True])["wrong_sampled_right"] is None
+    with pytest.raises(ValueError, match="greedy_right has 1 records, num_correct 2"):
+        passk.greedy_room([1, 2], 4, [True])
+
+
+def test_a_bad_prediction_row_names_the_file_and_line(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    path.write_text('{"split": "dev", "id": "a", "pred": 1, "label": 1}\n{"split": "dev"}\n')
+    with pytest.raises(ValueError, match=r"predictions.jsonl:2: not a prediction row"):
+        passk._greedy_right(str(tmp_path))
+    path.write_text('{"split": "dev", "id": "a", "pred": 1, "label": 1}\n\n'
+                    '{"split": "dev", "id": "b", "pred": 0, "label": 2}\n')
+    assert passk._greedy_right(str(tmp_path)) == {("dev", "a"): True, ("dev", "b"): False}
+    assert passk._greedy_right(str(tmp_path / "elsewhere")) == {}
 
 
 def test_step_pass_at_k_leaves_out_unannotated_records():

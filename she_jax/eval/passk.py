@@ -17,7 +17,15 @@ Writes <workdir>/pass_at_k.json ({'order', 'k', 'max_examples', 'temperature', '
 'format_valid', 'maj@k', 'num_correct', 'ids', 'votes' (per record: how many of the k
 samples named L4, L3, L2, L1, and no label — the sampled label distribution, which
 `she_jax.eval.decision --source=votes` decides from), 'sampled_label_mix', 'gold_label_mix',
-'steps': {step: {'n', 'pass@1', 'pass@k', 'num_correct'}}}}}) and prints a table.
+'steps': {step: {'n', 'pass@1', 'pass@k', 'num_correct'}}, and, where the run's
+predictions.jsonl holds the split, 'greedy': {'n', 'accuracy', 'wrong_sampled_right',
+'right_sampled_wrong'}}}}) and prints a table.
+
+'greedy' sets the sampled answers beside the greedy ones the evaluation scores, on the same
+records: sharpening (RL raising each prompt's most sampled answer) can move the greedy
+answer only toward maj@k, so maj@k - greedy accuracy is its ceiling, and the two shares
+say where the room is: greedy-wrong records whose samples are right more often than not,
+greedy-right records whose samples are right less often than not.
 """
 
 from __future__ import annotations
@@ -98,6 +106,41 @@ def split_pass_at_k(model_config, params, tokenizer, records: Sequence[Mapping],
     return out
 
 
+def greedy_room(num_correct: Sequence[int], k: int, greedy_right: Sequence[bool]) -> dict:
+    """The greedy answers beside the sampled ones, per record: num_correct [R] of k samples
+    right, greedy_right [R]. Returns {'n', 'accuracy' (greedy), 'wrong_sampled_right' (share
+    of the greedy-wrong records with more than k/2 samples right), 'right_sampled_wrong'
+    (share of the greedy-right records with fewer than k/2 right)}; a share is None where
+    its records are none."""
+    right = np.asarray(greedy_right, bool)
+    share = np.asarray(num_correct, np.float64) / k
+    if right.shape != share.shape:
+        raise ValueError(f"greedy_right has {right.size} records, num_correct {share.size}")
+    wrong_pool, right_pool = share[~right], share[right]
+    return {"n": int(right.size), "accuracy": float(right.mean()) if right.size else None,
+            "wrong_sampled_right": float((wrong_pool > 0.5).mean()) if wrong_pool.size else None,
+            "right_sampled_wrong": float((right_pool < 0.5).mean()) if right_pool.size else None}
+
+
+def _greedy_right(workdir: str) -> dict[tuple[str, str], bool]:
+    """(split, id) -> whether the evaluation's greedy answer was right, from the run's
+    predictions.jsonl (empty when the run has none)."""
+    path = os.path.join(workdir, evaluate.PREDICTIONS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    out = {}
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                out[(row["split"], row["id"])] = row["pred"] == row["label"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{line_no}: not a prediction row ({e})") from e
+    return out
+
+
 def step_pass_at_k(step_correct: np.ndarray, k: int) -> dict:
     """pass@1 and pass@k of each CoT step: step_correct [R, S] = samples (of k) with step s
     right, -1 where record r is not annotated for step s. Returns {step: {'n', 'pass@1',
@@ -121,6 +164,7 @@ def run_pass_at_k(workdir: str, *, k: int = 8, splits: Sequence[str] | None = No
     model_config, params = run_dir_lib.load_model(workdir, config.model.get("dtype"))
     tokenizer = run_dir_lib.load_tokenizer(workdir)
     data = sources.load_splits(config.data)
+    greedy = _greedy_right(workdir)
     result = {}
     for split in splits or evaluate.DEFAULT_SPLITS:
         records = sources.require_split(data, split, "--splits")
@@ -130,9 +174,17 @@ def run_pass_at_k(workdir: str, *, k: int = 8, splits: Sequence[str] | None = No
                                         max_new_tokens=config.eval.max_new_tokens,
                                         temperature=temperature, batch=batch, seed=seed)
         row = result[split]
-        print(f"{split:18s} n={row['n']:5d}  pass@1 {100 * row['pass@1']:5.1f}  "
-              f"pass@{k} {100 * row[f'pass@{k}']:5.1f}  maj@{k} {100 * row[f'maj@{k}']:5.1f}",
-              flush=True)
+        keys = [(split, r.get("id")) for r in records]
+        if keys and all(key in greedy for key in keys):
+            row["greedy"] = greedy_room(row["num_correct"], k, [greedy[key] for key in keys])
+        line = (f"{split:18s} n={row['n']:5d}  pass@1 {100 * row['pass@1']:5.1f}  "
+                f"pass@{k} {100 * row[f'pass@{k}']:5.1f}  maj@{k} {100 * row[f'maj@{k}']:5.1f}")
+        if "greedy" in row:
+            g = row["greedy"]
+            line += (f"  greedy {_pct(g['accuracy'])} (wrong, sampled right "
+                     f"{_pct(g['wrong_sampled_right'])}; right, sampled wrong "
+                     f"{_pct(g['right_sampled_wrong'])})")
+        print(line, flush=True)
         steps = "  ".join(f"{name} {_pct(v['pass@1'])}/{_pct(v[f'pass@{k}'])}"
                           for name, v in row["steps"].items())
         print(f"{'':18s} step pass@1/pass@{k}: {steps}", flush=True)
