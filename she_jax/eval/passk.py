@@ -42,7 +42,7 @@ import numpy as np
 from she_jax import cli, run_dir as run_dir_lib
 from she_jax import sampling, special_tokens as st
 from she_jax.data import sources
-from she_jax.eval import evaluate, metrics
+from she_jax.eval import evaluate, metrics, runs_index
 from she_jax.rewards import outcome, verifier
 from she_jax.rl import rollout as rollout_lib
 from she_jax.special_tokens import STEP_NAMES
@@ -129,15 +129,11 @@ def _greedy_right(workdir: str) -> dict[tuple[str, str], bool]:
     if not os.path.isfile(path):
         return {}
     out = {}
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                out[(row["split"], row["id"])] = row["pred"] == row["label"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{line_no}: not a prediction row ({e})") from e
+    for line_no, row in runs_index._read_jsonl(path):
+        missing = [key for key in ("split", "id", "label", "pred") if key not in row]
+        if missing:
+            raise ValueError(f"{path}:{line_no}: not a prediction row (no {missing[0]!r})")
+        out[(row["split"], row["id"])] = row["pred"] == row["label"]
     return out
 
 
