@@ -21,6 +21,7 @@ from she_jax.data import cot, loader, resample, sources
 from she_jax.data.cot import training_orders  # the orders SFT trains on
 from she_jax.eval import evaluate
 from she_jax.models import transformer
+from she_jax.rl import rejection
 from she_jax.train import bootstrap, loop
 
 
@@ -45,6 +46,11 @@ def sft_section() -> ml_collections.ConfigDict:
     # Measured on the sft_think_rl stage, 3 seeds each (docs/results/label_shift): macro-F1
     # within noise on every split, rule violations +4.1 points; RL is where it helps.
     c.label_independent_of = ()
+    # Rejection-sampled chains (she_jax.rl.rejection): with rft.samples > 0, the train
+    # split's records without a gold CoT are sampled from a policy (rft.policy_dir, or the
+    # run's start) and those with a right, rule-abiding chain are trained as CoT records
+    # beside the gold ones (<workdir>/rft_chains.jsonl).
+    c.rft = rejection.rejection_config()
     c.buckets = (96, 128, 160)  # padded sequence lengths (one compiled step per bucket)
     # Loss weight of the label token relative to a CoT token (1.0 = plain token-mean SFT).
     # The label is one token among ~50 of CoT; answer-first puts the whole decision on it.
@@ -214,11 +220,26 @@ def training_records(section: Mapping[str, Any], splits: Mapping[str, Sequence[M
     return records
 
 
+def needs_prerequisite(config: ml_collections.ConfigDict, name: str) -> bool:
+    """experiments.registry hook: the policy rejection sampling reads is built only when
+    the run samples chains (config.sft.rft.samples > 0)."""
+    if (config.get("prerequisites", None) or {}).get(name) == "sft.rft.policy_dir":
+        return bool(config.sft.get("rft", {}).get("samples", 0))
+    return True
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, exports <workdir>/model, evaluates into <workdir>/eval.json; returns eval."""
     splits, tokenizer, model_config, params = bootstrap.start_run(config, workdir)
 
     records = training_records(config.sft, splits, seed=config.data_seed)
+    if config.sft.get("rft", {}).get("samples", 0):
+        split = sources.require_split(splits, config.sft.train_split, "config.sft.train_split")
+        chains = rejection.chains_for_sft(config, workdir, split,
+                                          is_main=parallel.is_main_process())
+        logging.info("sft: %d gold records + %d rejection-sampled chains", len(records),
+                     len(chains))
+        records = list(records) + chains
     orders = training_orders(config.sft)
     dataset = loader.sft_dataset(
         records, tokenizer, batch_size=config.batch.batch_size, buckets=config.sft.buckets,

@@ -1,0 +1,203 @@
+r"""Rejection-sampled chains (RFT, expert iteration): CoT targets for label-only records.
+
+A record with a gold label but no gold CoT (the `rl` split keeps step annotations on
+`annotation_fraction` of its records) teaches SFT nothing but its label token. Rejection
+sampling turns it into a CoT record: `samples` chains are sampled from a policy
+(temperature `temperature`), and the first whose format is valid and whose label is the
+gold label is kept — the record, with its `annotations` set to that chain's parsed steps
+(a right label never breaks a business rule, so the rule check has nothing to add; the
+steps themselves are not checked: a right label can follow a wrong fact). Records none of whose
+samples pass are left out. The label is the only supervision used: nothing here reads a
+hidden annotation.
+
+`sample_chains` does the sampling and filtering; `chains_for_sft` is what the SFT trainer
+calls with `config.sft.rft.samples` > 0: it samples from `config.sft.rft.policy_dir` (or
+the run's start, `config.init_dir`) for the train split's records without a gold CoT and
+writes the kept records to <workdir>/rft_chains.jsonl (the she_jax JSONL record schema, so
+the file is also a data file: `--config.data.files.sft=...`) with their counts in
+<workdir>/rft.json; a resumed run reads them back instead of sampling again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+
+from she_jax import run_dir as run_dir_lib
+from she_jax import sampling
+from she_jax import special_tokens as st
+from she_jax.data import cot, readers
+from she_jax.data.cot import ParsedCoT
+from she_jax.rl import rollout as rollout_lib
+
+CHAINS_FILE = "rft_chains.jsonl"
+STATS_FILE = "rft.json"
+
+
+def rejection_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.samples = 0  # chains sampled per label-only record (0: off)
+    c.policy_dir = ""  # the run sampled from ("" : the run's start, config.init_dir)
+    c.temperature = 1.0
+    c.max_records = 0  # the first this many label-only records (0: all)
+    c.batch = 16  # records sampled together
+    return c
+
+
+def check_rejection_config(section: Mapping[str, Any], key: str = "config.sft.rft") -> None:
+    for name, low in (("samples", 0), ("max_records", 0), ("batch", 1)):
+        value = section[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{key}.{name}={value!r}: expected an integer >= {low}")
+    temperature = section["temperature"]
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"{key}.temperature={temperature!r}: expected a number > 0")
+
+
+def keep_chains(parsed: Sequence[Sequence[ParsedCoT]], records: Sequence[Mapping]
+                ) -> list[dict | None]:
+    """Per record, its chain record (`_chain_record`: the steps of the first sample that is
+    format-valid with the gold label), or None when no sample is."""
+    if len(parsed) != len(records):
+        raise ValueError(f"{len(parsed)} rows of samples for {len(records)} records")
+    out: list[dict | None] = []
+    for row, record in zip(parsed, records):
+        good = next((p for p in row if p.format_valid and p.label == record["label"]), None)
+        out.append(None if good is None else _chain_record(record, good.steps))
+    return out
+
+
+def sample_chains(model_config: Any, params: Any, tokenizer: Any, records: Sequence[Mapping],
+                  order: str, *, samples: int, max_new_tokens: int, temperature: float = 1.0,
+                  batch: int = 16, seed: int = 0,
+                  progress: Callable[[int, int, int], None] | None = None
+                  ) -> tuple[list[dict], dict]:
+    """(kept records, counts): `samples` chains sampled per record, kept by `keep_chains`.
+    Counts: records, kept, samples, right (samples with the gold label), valid
+    (format-valid samples), and the gold and kept label mixes (fractions).
+    `progress(done, total, kept)` is called after each batch."""
+    if samples < 1:
+        raise ValueError(f"samples={samples}: expected >= 1")
+    sampler = sampling.Sampler(model_config, sampling.SamplingConfig(
+        temperature=temperature, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
+    prompt_len = rollout_lib.prompt_length_for(records, tokenizer) if records else 0
+    kept: list[dict] = []
+    counts = {"records": len(records), "kept": 0, "samples": 0, "right": 0, "valid": 0}
+    for start in range(0, len(records), batch):
+        chunk = list(records[start:start + batch])
+        padded = chunk + [chunk[0]] * (batch - len(chunk))  # one compiled batch shape
+        rollouts = rollout_lib.generate_rollouts(
+            sampler, params, padded, tokenizer, jax.random.PRNGKey(seed + start),
+            group_size=samples, max_new_tokens=max_new_tokens, prompt_len=prompt_len,
+            order=order)
+        parsed = rollouts.parsed[:len(chunk)]
+        chosen = keep_chains(parsed, chunk)
+        counts["samples"] += sum(len(row) for row in parsed)
+        counts["right"] += sum(p.label == r["label"] for row, r in zip(parsed, chunk)
+                               for p in row)
+        counts["valid"] += sum(p.format_valid for row in parsed for p in row)
+        kept += [c for c in chosen if c is not None]
+        if progress is not None:
+            progress(start + len(chunk), len(records), len(kept))
+    counts["kept"] = len(kept)
+
+    def mix(rows):
+        return {label: (sum(r["label"] == label for r in rows) / len(rows) if rows else 0.0)
+                for label in st.LABELS}
+
+    counts["gold_label_mix"], counts["kept_label_mix"] = mix(records), mix(kept)
+    return kept, counts
+
+
+def _chain_record(record: Mapping, steps: Mapping[str, Sequence[str]]) -> dict:
+    """`record` as the JSONL reader returns it, its annotations the sampled steps: a fresh
+    run and a resumed one (which reads the file back) train on equal records."""
+    return {"id": str(record["id"]), "query": record["query"],
+            "item_title": record["item_title"], "label": record["label"],
+            "query_type": record.get("query_type", "unknown"),
+            "popularity": record.get("popularity", "unknown"),
+            "annotations": {name: list(facts) for name, facts in steps.items()}, "cot": None}
+
+
+def _write(path: str, lines: Sequence[str]) -> None:
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, "w") as f:
+        f.writelines(line + "\n" for line in lines)
+    os.replace(temporary, path)  # a crash mid-write never leaves a torn file behind
+
+
+def _settings(section: Mapping[str, Any], policy_dir: str, seed: int) -> dict:
+    return {"policy_dir": os.path.abspath(policy_dir), "samples": int(section["samples"]),
+            "temperature": float(section["temperature"]),
+            "max_records": int(section["max_records"]), "seed": int(seed)}
+
+
+def chains_for_sft(config: ml_collections.ConfigDict, workdir: str,
+                   records: Sequence[Mapping], *, is_main: bool = True) -> list[dict]:
+    """The kept chains for the label-only ones of `records` (the SFT trainer's hook).
+
+    Read back from <workdir>/rft_chains.jsonl when <workdir>/rft.json records the same
+    settings (a resumed run); sampled and written otherwise (files by the main process
+    only: every process samples the same chains from the same seed)."""
+    section = config.sft.rft
+    check_rejection_config(section)
+    policy_dir = section.policy_dir or config.get("init_dir", None) or ""
+    if not policy_dir:
+        raise ValueError("config.sft.rft.samples > 0 samples from a policy: set "
+                         "config.sft.rft.policy_dir or start the run from one "
+                         "(config.init_dir / config.init_from)")
+    seed = int(config.get("data_seed", 0))
+    settings = _settings(section, policy_dir, seed)
+    chains_path = os.path.join(workdir, CHAINS_FILE)
+    stats_path = os.path.join(workdir, STATS_FILE)
+    if os.path.exists(stats_path) and os.path.exists(chains_path):
+        with open(stats_path) as f:
+            saved = json.load(f)
+        if saved.get("settings") != settings:
+            raise ValueError(f"{stats_path}: its chains were sampled with {saved.get('settings')}"
+                             f", this run asks for {settings}; use a new workdir")
+        kept = readers.read_jsonl(chains_path).records
+        if len(kept) != saved["counts"]["kept"]:
+            raise ValueError(f"{chains_path}: {len(kept)} records, {stats_path} says "
+                             f"{saved['counts']['kept']}")
+        logging.info("rft: %d chains read from %s", len(kept), chains_path)
+        return kept
+
+    label_only = [r for r in records if not cot.has_gold_cot(r)]
+    if section.max_records:
+        label_only = label_only[:section.max_records]
+    if not label_only:
+        raise ValueError(f"config.sft.rft.samples={section.samples}: config.sft.train_split="
+                         f"{config.sft.train_split!r} has no record without a gold CoT")
+    model_config, params = run_dir_lib.load_model(policy_dir, config.model.get("dtype"))
+    tokenizer = run_dir_lib.load_tokenizer(policy_dir)
+    order = run_dir_lib.run_order(policy_dir)
+    if order != "think_first":
+        raise ValueError(f"config.sft.rft.policy_dir={policy_dir!r} answers {order!r}; its "
+                         "chains must be think-first (the label after the steps)")
+    started = time.time()
+
+    def progress(done: int, total: int, kept: int) -> None:
+        if done == total or done // section.batch % 20 == 0:
+            logging.info("rft: %d / %d records sampled, %d kept (%.0f s)", done, total, kept,
+                         time.time() - started)
+
+    kept, counts = sample_chains(
+        model_config, params, tokenizer, label_only, order, samples=section.samples,
+        max_new_tokens=config.eval.max_new_tokens, temperature=section.temperature,
+        batch=section.batch, seed=seed, progress=progress)
+    counts["seconds"] = round(time.time() - started, 1)
+    logging.info("rft: kept %d of %d label-only records (%d of %d samples right) from %s",
+                 counts["kept"], counts["records"], counts["right"], counts["samples"],
+                 policy_dir)
+    if is_main:
+        _write(chains_path, [json.dumps(record) for record in kept])
+        _write(stats_path, [json.dumps({"settings": settings, "counts": counts}, indent=1)])
+    return kept
