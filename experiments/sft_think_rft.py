@@ -5,10 +5,10 @@ r"""The think-first start's last SFT stage with rejection-sampled chains (RFT) a
   python -m experiments.ladder --sft_config=experiments/sft_think_rft.py --methods=grpo
 
 `experiments/sft_think_rl.py` trains its stage on the `rl` split's 2,400 annotated records
-alone; the other 5,600 carry a gold label but no CoT. Here 4 chains are sampled (T = 1)
-from `sft_think_rl`'s policy for each of those, the first one with the right label, a valid
-format and no broken rule is kept as the record's CoT (she_jax.rl.rejection; the label is
-the only supervision), and the stage trains on the gold records and the kept chains
+alone; the other 5,600 carry a gold label but no CoT. Here 8 chains are sampled (T = 1)
+from `sft_think_rl`'s policy for each of those; of the format-valid ones with the right
+label, the one whose steps agree most with the others' is kept as the record's CoT
+(she_jax.rl.rejection; the label is the only supervision), and the stage trains on the gold records and the kept chains
 together, from the same start (`sft_think_wide`) at the same rate: at tiny 450 updates of
 32, two epochs of about 7,400 records, as `sft_think_rl` makes two of its 2,400.
 """
@@ -19,7 +19,7 @@ from experiments import sft_think_rl
 def get_config(arg=None):
     c = sft_think_rl.get_config(arg)
     c.name = "sft_think_rft"
-    c.sft.rft.samples = 4
+    c.sft.rft.samples = 8
     c.prerequisites = {"sft_think_rl": "sft.rft.policy_dir"}
     # tiny: two epochs of the gold records and the kept chains (~7,400); other variants
     # (not measured): three times sft_think_rl's updates.

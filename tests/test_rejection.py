@@ -50,7 +50,7 @@ def test_the_first_right_valid_sample_is_kept_with_its_own_steps(rl_records):
         [_chain(c, c["annotations"], _other_label(c["label"]))] * 2,
     ]
     assert not parsed[1][0].format_valid
-    kept = rejection.keep_chains(parsed, [a, b, c])
+    kept = rejection.keep_chains(parsed, [a, b, c], "first")
     assert kept[1] is None and kept[2] is None
     assert kept[0]["annotations"] == {k: list(v) for k, v in sampled_steps.items()}
     assert kept[0]["annotations"] != a["annotations"]
@@ -60,6 +60,34 @@ def test_the_first_right_valid_sample_is_kept_with_its_own_steps(rl_records):
     assert cot.parse_cot(cot.render_target(kept[0]), "think_first").label == a["label"]
     with pytest.raises(ValueError, match="2 rows of samples for 3 records"):
         rejection.keep_chains(parsed[:2], [a, b, c])
+    with pytest.raises(ValueError, match="select='best'"):
+        rejection.keep_chains(parsed, [a, b, c], "best")
+
+
+def test_consensus_keeps_the_right_chain_agreeing_most_with_the_others(rl_records):
+    a = next(r for r in rl_records if cot.has_gold_cot(r))
+    gold = a["annotations"]
+    odd_query = {**gold, "query": ["category: kites"]}
+    odd_both = {**gold, "query": ["category: kites"], "item": ["brand: nobody"]}
+    wrong = _chain(a, gold, _other_label(a["label"]))
+    # Right chains: two with an odd query step (one also an odd item step), then two with
+    # the gold steps; the wrong-label samples (gold steps) do not vote.
+    row = [wrong, _chain(a, odd_both), _chain(a, odd_query), wrong, wrong, wrong,
+           _chain(a, gold), _chain(a, gold)]
+    # Modal steps among the right four: query tied 2-2 (the first seen, odd, wins), item
+    # gold 3-1: the odd-query, gold-item chain agrees on every step.
+    assert rejection.consensus_chain([p for p in row if p.label == a["label"]]).steps == (
+        _chain(a, odd_query).steps)
+    kept = rejection.keep_chains([row], [a])[0]
+    assert kept["annotations"] == {k: list(v) for k, v in odd_query.items()}
+    assert rejection.keep_chains([row], [a], "first")[0]["annotations"] == {
+        k: list(v) for k, v in odd_both.items()}
+    # With one more gold chain the gold query step is the mode, and the first gold chain
+    # agrees everywhere; facts compare after normalisation (case, order).
+    shuffled = {**gold, "item": [f.upper() for f in reversed(gold["item"])]}
+    row += [_chain(a, shuffled)]
+    kept = rejection.keep_chains([row], [a])[0]
+    assert kept["annotations"] == {k: list(v) for k, v in gold.items()}
 
 
 def test_a_kept_record_reads_back_from_jsonl_unchanged(rl_records, tmp_path):

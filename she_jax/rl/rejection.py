@@ -3,10 +3,12 @@ r"""Rejection-sampled chains (RFT, expert iteration): CoT targets for label-only
 A record with a gold label but no gold CoT (the `rl` split keeps step annotations on
 `annotation_fraction` of its records) teaches SFT nothing but its label token. Rejection
 sampling turns it into a CoT record: `samples` chains are sampled from a policy
-(temperature `temperature`), and the first whose format is valid and whose label is the
-gold label is kept — the record, with its `annotations` set to that chain's parsed steps
-(a right label never breaks a business rule, so the rule check has nothing to add; the
-steps themselves are not checked: a right label can follow a wrong fact). Records none of whose
+(temperature `temperature`); of those whose format is valid and whose label is the gold
+label, one is kept — the record, with its `annotations` set to that chain's parsed steps.
+No step is checked against anything hidden, and a right label can follow a wrong fact, so
+by default the kept chain is the one whose steps agree most with the other right chains'
+(`consensus_chain`). A right label never breaks a business rule, so a rule check would
+add nothing. Records none of whose
 samples pass are left out. The label is the only supervision used: nothing here reads a
 hidden annotation.
 
@@ -20,6 +22,7 @@ the file is also a data file: `--config.data.files.sft=...`) with their counts i
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -37,6 +40,7 @@ from she_jax.data import cot, readers
 from she_jax.data.cot import ParsedCoT
 from she_jax.rl import rollout as rollout_lib
 
+SELECT = ("consensus", "first")
 CHAINS_FILE = "rft_chains.jsonl"
 STATS_FILE = "rft.json"
 
@@ -46,6 +50,11 @@ def rejection_config() -> ml_collections.ConfigDict:
     c.samples = 0  # chains sampled per label-only record (0: off)
     c.policy_dir = ""  # the run sampled from ("" : the run's start, config.init_dir)
     c.temperature = 1.0
+    # Which right chain is kept: 'consensus' (the one agreeing most with the right chains'
+    # modal steps) or 'first'. Measured on 400 annotated rl records, sft_think_rl's policy:
+    # all five steps right in 45 % of first-right chains, 53 % (4 samples) and 57 % (8)
+    # of consensus chains.
+    c.select = "consensus"
     c.max_records = 0  # the first this many label-only records (0: all)
     c.batch = 16  # records sampled together
     return c
@@ -56,27 +65,52 @@ def check_rejection_config(section: Mapping[str, Any], key: str = "config.sft.rf
         value = section[name]
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{key}.{name}={value!r}: expected an integer >= {low}")
+    if section["select"] not in SELECT:
+        raise ValueError(f"{key}.select={section['select']!r}: choose from {SELECT}")
     temperature = section["temperature"]
     if not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"{key}.temperature={temperature!r}: expected a number > 0")
 
 
-def keep_chains(parsed: Sequence[Sequence[ParsedCoT]], records: Sequence[Mapping]
-                ) -> list[dict | None]:
-    """Per record, its chain record (`_chain_record`: the steps of the first sample that is
-    format-valid with the gold label), or None when no sample is."""
+def _step_key(facts: Sequence[str]) -> tuple[str, ...]:
+    return tuple(sorted(cot.normalize_fact(f) for f in facts))
+
+
+def consensus_chain(right: Sequence[ParsedCoT]) -> ParsedCoT:
+    """The chain among `right` (format-valid, gold label) that states, on the most steps, the
+    facts most of them state there (each step's modal fact set, facts compared after
+    `cot.normalize_fact`, in any order); ties: the first. Label-free self-consistency on the
+    steps: a right label can follow wrong facts, and the facts most chains agree on are
+    more often the annotated ones."""
+    modes = {name: collections.Counter(_step_key(p.steps.get(name, [])) for p in right)
+             .most_common(1)[0][0] for name in st.STEP_NAMES}
+    return max(right, key=lambda p: sum(_step_key(p.steps.get(name, [])) == modes[name]
+                                        for name in st.STEP_NAMES))
+
+
+def keep_chains(parsed: Sequence[Sequence[ParsedCoT]], records: Sequence[Mapping],
+                select: str = "consensus") -> list[dict | None]:
+    """Per record, its chain record (`_chain_record`) from the samples that are
+    format-valid with the gold label — `select`='first': the first of them; 'consensus':
+    `consensus_chain` of them — or None when no sample is."""
+    if select not in SELECT:
+        raise ValueError(f"select={select!r}: choose from {SELECT}")
     if len(parsed) != len(records):
         raise ValueError(f"{len(parsed)} rows of samples for {len(records)} records")
     out: list[dict | None] = []
     for row, record in zip(parsed, records):
-        good = next((p for p in row if p.format_valid and p.label == record["label"]), None)
-        out.append(None if good is None else _chain_record(record, good.steps))
+        right = [p for p in row if p.format_valid and p.label == record["label"]]
+        if not right:
+            out.append(None)
+            continue
+        chosen = right[0] if select == "first" else consensus_chain(right)
+        out.append(_chain_record(record, chosen.steps))
     return out
 
 
 def sample_chains(model_config: Any, params: Any, tokenizer: Any, records: Sequence[Mapping],
                   order: str, *, samples: int, max_new_tokens: int, temperature: float = 1.0,
-                  batch: int = 16, seed: int = 0,
+                  batch: int = 16, seed: int = 0, select: str = "consensus",
                   progress: Callable[[int, int, int], None] | None = None
                   ) -> tuple[list[dict], dict]:
     """(kept records, counts): `samples` chains sampled per record, kept by `keep_chains`.
@@ -98,7 +132,7 @@ def sample_chains(model_config: Any, params: Any, tokenizer: Any, records: Seque
             group_size=samples, max_new_tokens=max_new_tokens, prompt_len=prompt_len,
             order=order)
         parsed = rollouts.parsed[:len(chunk)]
-        chosen = keep_chains(parsed, chunk)
+        chosen = keep_chains(parsed, chunk, select)
         counts["samples"] += sum(len(row) for row in parsed)
         counts["right"] += sum(p.label == r["label"] for row, r in zip(parsed, chunk)
                                for p in row)
@@ -135,7 +169,7 @@ def _write(path: str, lines: Sequence[str]) -> None:
 
 def _settings(section: Mapping[str, Any], policy_dir: str, seed: int) -> dict:
     return {"policy_dir": os.path.abspath(policy_dir), "samples": int(section["samples"]),
-            "temperature": float(section["temperature"]),
+            "temperature": float(section["temperature"]), "select": section["select"],
             "max_records": int(section["max_records"]), "seed": int(seed)}
 
 
@@ -192,7 +226,7 @@ def chains_for_sft(config: ml_collections.ConfigDict, workdir: str,
     kept, counts = sample_chains(
         model_config, params, tokenizer, label_only, order, samples=section.samples,
         max_new_tokens=config.eval.max_new_tokens, temperature=section.temperature,
-        batch=section.batch, seed=seed, progress=progress)
+        batch=section.batch, seed=seed, select=section.select, progress=progress)
     counts["seconds"] = round(time.time() - started, 1)
     logging.info("rft: kept %d of %d label-only records (%d of %d samples right) from %s",
                  counts["kept"], counts["records"], counts["right"], counts["samples"],
