@@ -8,9 +8,10 @@ r"""The think-first start's last SFT stage with rejection-sampled chains (RFT) a
 alone; the other 5,600 carry a gold label but no CoT. Here 8 chains are sampled (T = 1)
 from `sft_think_rl`'s policy for each of those; of the format-valid ones with the right
 label, the one whose steps agree most with the others' is kept as the record's CoT
-(she_jax.rl.rejection; the label is the only supervision), and the stage trains on the gold records and the kept chains
-together, from the same start (`sft_think_wide`) at the same rate: at tiny 450 updates of
-32, two epochs of about 7,700 records, as `sft_think_rl` makes two of its 2,400.
+(she_jax.rl.rejection; the label is the only supervision), and the stage trains on the
+gold records and the kept chains together, from the same start (`sft_think_wide`) at the
+same rate: at tiny 450 updates of 32, two epochs of about 7,700 records, as `sft_think_rl`
+makes two of its 2,400.
 
 Measured at tiny (world seed 0, seeds 0-2, every split in full, paired; docs/results/rft):
 95 % of the 5,600 records keep a chain (6 min of sampling a seed); against `sft_think_rl`

@@ -6,8 +6,8 @@ import os
 import types
 
 import pytest
-
 import tiny_runs
+
 from experiments import registry
 from she_jax import run_dir
 from she_jax.data import cot, readers, sources
