@@ -195,3 +195,13 @@ def test_the_rft_config_builds_its_policy_only_when_it_samples():
     assert sft.needs_prerequisite(config, "sft_think_rl")
     config.sft.rft.samples = 0
     assert not sft.needs_prerequisite(config, "sft_think_rl")
+
+
+def test_the_readme_rejection_flags_parse_as_written():
+    from test_sources import ROOT, parse_flags
+
+    config = parse_flags(os.path.join(ROOT, "experiments", "sft_think_rl.py"), [
+        "--config.sft.rft.samples=8", "--config.sft.rft.policy_dir=runs/sft_think_rl",
+        "--config.sft.rft.select=first"])
+    assert config.sft.rft.samples == 8 and config.sft.rft.select == "first"
+    assert config.sft.rft.policy_dir == "runs/sft_think_rl"

@@ -36,7 +36,6 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from absl import flags
-import jax
 import numpy as np
 
 from she_jax import cli, run_dir as run_dir_lib
@@ -60,7 +59,6 @@ def split_pass_at_k(model_config, params, tokenizer, records: Sequence[Mapping],
     """pass@1..k of k sampled answers per record, with the sampled and gold label mixes."""
     sampler = sampling.Sampler(model_config, sampling.SamplingConfig(
         temperature=temperature, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
-    prompt_len = rollout_lib.prompt_length_for(records, tokenizer)
     num_correct = np.zeros(len(records), np.int64)
     majority_right = np.zeros(len(records), bool)
     votes = np.zeros((len(records), len(st.LABELS) + 1), np.int64)  # LABELS, then no label
@@ -69,13 +67,9 @@ def split_pass_at_k(model_config, params, tokenizer, records: Sequence[Mapping],
     # Per CoT step: samples with the step right (the evaluation's lenient check), for the
     # records annotated for that step (-1: not annotated).
     step_correct = np.full((len(records), len(STEP_NAMES)), -1, np.int64)
-    for start in range(0, len(records), batch):
-        chunk = list(records[start:start + batch])
-        padded = chunk + [chunk[0]] * (batch - len(chunk))  # one compiled batch shape
-        rollouts = rollout_lib.generate_rollouts(
-            sampler, params, padded, tokenizer, jax.random.PRNGKey(seed + start),
-            group_size=k, max_new_tokens=max_new_tokens, prompt_len=prompt_len, order=order)
-        parsed = rollouts.parsed[:len(chunk)]
+    for start, chunk, parsed in rollout_lib.sample_in_batches(
+            sampler, params, records, tokenizer, group_size=k, max_new_tokens=max_new_tokens,
+            order=order, batch=batch, seed=seed):
         scores = outcome.outcome_rewards(parsed, chunk, outcome.outcome_config())
         num_correct[start:start + len(chunk)] = scores["correct"].sum(axis=1)
         predicted += [p.label for row in parsed for p in row]

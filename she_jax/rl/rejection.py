@@ -30,13 +30,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax
 import ml_collections
 
 from she_jax import run_dir as run_dir_lib
 from she_jax import sampling
 from she_jax import special_tokens as st
-from she_jax.data import cot, readers
+from she_jax.data import cot, readers, sources
 from she_jax.data.cot import ParsedCoT
 from she_jax.rl import rollout as rollout_lib
 
@@ -121,17 +120,11 @@ def sample_chains(model_config: Any, params: Any, tokenizer: Any, records: Seque
         raise ValueError(f"samples={samples}: expected >= 1")
     sampler = sampling.Sampler(model_config, sampling.SamplingConfig(
         temperature=temperature, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id))
-    prompt_len = rollout_lib.prompt_length_for(records, tokenizer) if records else 0
     kept: list[dict] = []
     counts = {"records": len(records), "kept": 0, "samples": 0, "right": 0, "valid": 0}
-    for start in range(0, len(records), batch):
-        chunk = list(records[start:start + batch])
-        padded = chunk + [chunk[0]] * (batch - len(chunk))  # one compiled batch shape
-        rollouts = rollout_lib.generate_rollouts(
-            sampler, params, padded, tokenizer, jax.random.PRNGKey(seed + start),
-            group_size=samples, max_new_tokens=max_new_tokens, prompt_len=prompt_len,
-            order=order)
-        parsed = rollouts.parsed[:len(chunk)]
+    for start, chunk, parsed in rollout_lib.sample_in_batches(
+            sampler, params, records, tokenizer, group_size=samples,
+            max_new_tokens=max_new_tokens, order=order, batch=batch, seed=seed):
         chosen = keep_chains(parsed, chunk, select)
         counts["samples"] += sum(len(row) for row in parsed)
         counts["right"] += sum(p.label == r["label"] for row, r in zip(parsed, chunk)
@@ -158,13 +151,6 @@ def _chain_record(record: Mapping, steps: Mapping[str, Sequence[str]]) -> dict:
             "query_type": record.get("query_type", "unknown"),
             "popularity": record.get("popularity", "unknown"),
             "annotations": {name: list(facts) for name, facts in steps.items()}, "cot": None}
-
-
-def _write(path: str, lines: Sequence[str]) -> None:
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(temporary, path)  # a crash mid-write never leaves a torn file behind
 
 
 def _settings(section: Mapping[str, Any], policy_dir: str, seed: int) -> dict:
@@ -232,6 +218,6 @@ def chains_for_sft(config: ml_collections.ConfigDict, workdir: str,
                  counts["kept"], counts["records"], counts["right"], counts["samples"],
                  policy_dir)
     if is_main:
-        _write(chains_path, [json.dumps(record) for record in kept])
-        _write(stats_path, [json.dumps({"settings": settings, "counts": counts}, indent=1)])
+        sources._write_jsonl(chains_path, kept)  # atomic: a crash never leaves a torn file
+        run_dir_lib._write_json(stats_path, {"settings": settings, "counts": counts})
     return kept

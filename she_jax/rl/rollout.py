@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 import dataclasses
 from typing import Any
 
@@ -94,6 +94,24 @@ def generate_rollouts(sampler: Any, params: Any, records: Sequence[Mapping], tok
                     tokens=tokens, lengths=lengths,
                     logprobs=np.asarray(out.policy_logprobs, np.float32), texts=texts,
                     parsed=parsed, off_policy=np.zeros(lengths.shape, bool), order=order)
+
+
+def sample_in_batches(sampler: Any, params: Any, records: Sequence[Mapping], tokenizer: Any,
+                      *, group_size: int, max_new_tokens: int, order: str, batch: int,
+                      seed: int = 0) -> Iterator[tuple[int, list[Mapping], list[list[ParsedCoT]]]]:
+    """(start, records[start:start + batch], their parsed samples) for every batch of
+    `records`, `group_size` samples each: the last batch padded with its first record to one
+    compiled shape (its padding's samples dropped), the prompt length fixed over all of
+    `records`, batch `start` sampled with PRNGKey(seed + start)."""
+    prompt_len = prompt_length_for(records, tokenizer) if records else 0
+    for start in range(0, len(records), batch):
+        chunk = list(records[start:start + batch])
+        padded = chunk + [chunk[0]] * (batch - len(chunk))
+        rollouts = generate_rollouts(
+            sampler, params, padded, tokenizer, jax.random.PRNGKey(seed + start),
+            group_size=group_size, max_new_tokens=max_new_tokens, prompt_len=prompt_len,
+            order=order)
+        yield start, chunk, rollouts.parsed[:len(chunk)]
 
 
 def select_groups(rollouts: Rollouts, indices: Sequence[int]) -> Rollouts:
